@@ -14,6 +14,7 @@ Round trip: `decode(encode(s)) == s` for every Python str that is valid UTF-8 (n
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -30,9 +31,10 @@ def _ids_list(ids) -> list[int]:
     """Accept a list of ints or a 1-D tensor / array."""
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
-    if not all(isinstance(i, int) for i in ids):
-        raise ValueError(f"token ids must be a flat sequence of ints, got {ids!r:.80}")
-    return ids
+    try:
+        return [operator.index(i) for i in ids]
+    except TypeError:
+        raise ValueError(f"token ids must be a flat sequence of ints, got {str(ids):.80}") from None
 
 
 def _show(b: bytes) -> str:

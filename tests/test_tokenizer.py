@@ -157,9 +157,7 @@ def test_bpe_matches_naive_reference(corpus):
 
 def test_bpe_encoding_matches_hf_tokenizers(bpe, corpus):
     tokenizers = pytest.importorskip("tokenizers")
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    b2u = bytes_to_unicode()
+    b2u = pytest.importorskip("transformers.convert_slow_tokenizer").bytes_to_unicode()  # GPT-2's byte alphabet
     pieces = [bpe.decode_bytes([i]) for i in range(bpe.eos_id)]
     assert len(set(pieces)) == len(pieces)  # HF's vocab is keyed by string
     vocab = {"".join(b2u[b] for b in p): i for i, p in enumerate(pieces)}
@@ -187,6 +185,9 @@ def test_bad_input(tmp_path, bpe):
     with pytest.raises(ValueError, match="str"):
         bpe.encode(b"bytes")
     assert bpe.decode(torch.tensor(bpe.encode("hi there"))) == "hi there"
+    assert bpe.decode(list(torch.tensor(bpe.encode("hi")).numpy())) == "hi"
+    with pytest.raises(ValueError, match="flat sequence"):
+        bpe.decode([[1, 2]])
     with pytest.raises(ValueError, match="unknown tokenizer type"):
         load_tokenizer({"type": "wordpiece"})
     with pytest.raises(ValueError, match="does not exist"):
