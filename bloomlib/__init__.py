@@ -1,2 +1,22 @@
-"""bloomlib: the companion library of the Transformer course."""
+"""bloomlib: the companion library of the Transformer course.
+
+The step-by-step, GPU-ready transformer lives in attention / positional / blocks / model / encoder;
+the Flash-style kernel in bloomlib.kernels; the serving sketch in bloomlib.serving.
+"""
+from bloomlib.attention import (AttentionSteps, KVCache, MultiHeadAttention, attention_steps,
+                                build_attention_mask, causal_mask, scaled_dot_product_attention)
+from bloomlib.config import PRESETS, GPTConfig
+from bloomlib.device import autocast, get_device, seed_everything
+from bloomlib.encoder import Encoder, EncoderDecoder
+from bloomlib.model import GPT, Transformer, count_parameters, flops_per_token, load_course_model
+from bloomlib.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
+from bloomlib.sampling import sample_next_token
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AttentionSteps", "KVCache", "MultiHeadAttention", "attention_steps", "build_attention_mask", "causal_mask",
+    "scaled_dot_product_attention", "PRESETS", "GPTConfig", "autocast", "get_device", "seed_everything",
+    "Encoder", "EncoderDecoder", "GPT", "Transformer", "count_parameters", "flops_per_token", "load_course_model",
+    "RotaryEmbedding", "alibi_bias", "alibi_slopes", "sinusoidal_encoding", "sample_next_token",
+]

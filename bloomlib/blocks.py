@@ -1,0 +1,91 @@
+"""The repeating unit of a transformer: norm, attention, residual, norm, feed-forward, residual.
+
+Pre-LN (GPT-2 onwards):  x = x + attn(norm(x));  x = x + ffn(norm(x))
+Post-LN (original, BERT): x = norm(x + attn(x)); x = norm(x + ffn(x))
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bloomlib.attention import KVCache, MultiHeadAttention
+from bloomlib.config import GPTConfig
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """LayerNorm (mean and variance) or RMSNorm (root mean square only), over the last dim."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP, (B, T, d_model) -> (B, T, d_model), applied to every position independently.
+
+    gelu / gelu_tanh / relu: down(act(up(x)));  swiglu: down(silu(gate(x)) * up(x)).
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.kind = config.ffn
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.bias) if config.ffn == "swiglu" else None
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            h = F.silu(self.gate(x)) * self.up(x)
+        elif self.kind == "relu":
+            h = F.relu(self.up(x))
+        else:
+            h = F.gelu(self.up(x), approximate="tanh" if self.kind == "gelu_tanh" else "none")
+        return self.dropout(self.down(h))
+
+
+class Block(nn.Module):
+    """One transformer block: self-attention (+ cross-attention in a decoder that reads an encoder) + FFN.
+
+    x: (B, T, d_model) -> (B, T, d_model).
+    """
+
+    def __init__(self, config: GPTConfig, cross_attention: bool = False) -> None:
+        super().__init__()
+        self.prenorm = config.prenorm
+
+        def attention(causal: bool) -> MultiHeadAttention:
+            return MultiHeadAttention(config.d_model, config.n_head, config.n_kv_head, bias=config.bias,
+                                      causal=causal, sliding_window=config.sliding_window if causal else None,
+                                      dropout=config.dropout, backend=config.attn_backend)
+
+        self.norm1, self.attn = make_norm(config), attention(config.causal)
+        self.norm_cross = make_norm(config) if cross_attention else None
+        self.cross_attn = attention(False) if cross_attention else None
+        self.norm2, self.ffn = make_norm(config), FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _sublayer(self, x: torch.Tensor, norm: nn.Module, f) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Residual around f, with the norm before (pre-LN) or after (post-LN). f returns (out, weights)."""
+        if self.prenorm:
+            out, w = f(norm(x))
+            return x + self.dropout(out), w
+        out, w = f(x)
+        return norm(x + self.dropout(out)), w
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                rope=None, positions: torch.Tensor | None = None, kv_cache: KVCache | None = None, layer: int = 0,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        """Returns (x, weights) with weights {"self": (B, H, T, n_k), "cross": (B, H, T, S)} when need_weights."""
+        weights: dict[str, torch.Tensor | None] = {}
+        x, weights["self"] = self._sublayer(x, self.norm1, lambda h: self.attn(
+            h, mask=mask, bias=bias, rope=rope, positions=positions, kv_cache=kv_cache, layer=layer,
+            need_weights=need_weights))
+        if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("this block has cross-attention: pass the encoder output as `context`")
+            x, weights["cross"] = self._sublayer(x, self.norm_cross, lambda h: self.cross_attn(
+                h, context=context, mask=context_mask, kv_cache=kv_cache, layer=layer, need_weights=need_weights))
+        x, _ = self._sublayer(x, self.norm2, lambda h: (self.ffn(h), None))
+        return x, weights
