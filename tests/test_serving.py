@@ -1,0 +1,216 @@
+"""The serving engine: paged attention, continuous batching, preemption, prefix cache, sampling, streaming text.
+
+References: torch's sdpa / bloomlib.scaled_dot_product_attention over contiguous K/V, and GPT.generate
+(float64 models, so near-ties cannot flip an argmax).
+"""
+import random
+
+import pytest
+import torch
+
+from bloomlib import GPT, GPTConfig, alibi_bias, alibi_slopes, scaled_dot_product_attention
+from bloomlib.serving import LLM, LLMEngine, SafetyFilter, SamplingParams, Sequence, paged_attention
+from bloomlib.tokenizer import ByteBPETokenizer
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Attention is all you need; the cat sat on the mat. "
+        "Naïve café, über straße, 東京 and emoji 🙂🚀 too. ") * 4
+
+
+def tiny_gpt(pos="learned", vocab=64, n_kv_head=2, seed=0, block_size=64) -> GPT:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=2, n_head=4, n_kv_head=n_kv_head,
+                    d_model=32, pos_encoding=pos)
+    return GPT(cfg).double().eval()
+
+
+def reference(model: GPT, prompt: list[int], n: int) -> list[int]:
+    return model.generate(torch.tensor([prompt]), n, temperature=0)[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("alibi,window", [(False, None), (True, None), (False, 5)])
+def test_paged_attention_equals_contiguous(alibi, window):
+    g = torch.Generator().manual_seed(0)
+    H, H_kv, D, bs, num_blocks = 4, 2, 8, 4, 32
+    k_cache = torch.zeros(num_blocks * bs, H_kv, D, dtype=torch.float64)
+    v_cache = torch.zeros_like(k_cache)
+    perm = torch.randperm(num_blocks, generator=g).tolist()  # blocks scattered over the pool
+    lens, n_q = [7, 13, 1, 9], [1, 4, 1, 9]
+    tables, ks, vs = [], [], []
+    for n in lens:
+        table = [perm.pop() for _ in range(-(-n // bs))]
+        k = torch.randn(n, H_kv, D, generator=g, dtype=torch.float64)
+        v = torch.randn(n, H_kv, D, generator=g, dtype=torch.float64)
+        slots = torch.tensor([table[p // bs] * bs + p % bs for p in range(n)])
+        k_cache[slots], v_cache[slots] = k, v
+        tables.append(table)
+        ks.append(k)
+        vs.append(v)
+    T = max(n_q)
+    q = torch.randn(len(lens), T, H, D, generator=g, dtype=torch.float64)
+    q_pos = torch.tensor([[max(n - t, 0) + i if i < t else 0 for i in range(T)] for n, t in zip(lens, n_q)])
+    width = max(map(len, tables))
+    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables])
+    slopes = alibi_slopes(H).double() if alibi else None
+    out = paged_attention(q, k_cache, v_cache, bt, torch.tensor(lens), q_pos, bs, alibi_slopes=slopes, window=window)
+    for i, (n, t) in enumerate(zip(lens, n_q)):
+        qi = q[i, :t].transpose(0, 1)[None]                       # (1, H, t, D)
+        ki, vi = ks[i].transpose(0, 1)[None], vs[i].transpose(0, 1)[None]
+        bias = alibi_bias(slopes, t, n) if alibi else None
+        ref, _ = scaled_dot_product_attention(qi, ki, vi, is_causal=True, window=window, bias=bias)
+        torch.testing.assert_close(out[i, :t], ref[0].transpose(0, 1))
+        if not alibi and window is None:  # and torch's own kernel (GQA, end-aligned causal mask)
+            mask = torch.ones(t, n, dtype=torch.bool).tril(n - t)
+            ref2 = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, enable_gqa=True)
+            torch.testing.assert_close(out[i, :t], ref2[0].transpose(0, 1))
+
+
+@pytest.mark.parametrize("pos,n_kv_head", [("learned", 4), ("rope", 2), ("sinusoidal", 1), ("none", 2),
+                                           ("alibi", 4)])
+def test_batched_greedy_equals_one_at_a_time_with_random_arrivals_and_preemption(pos, n_kv_head):
+    model = tiny_gpt(pos, n_kv_head=n_kv_head)
+    rng = random.Random(1)
+    prompts = [[rng.randrange(64) for _ in range(rng.randint(1, 20))] for _ in range(8)]
+    max_tokens = [rng.randint(1, 24) for _ in prompts]
+    # 14 blocks of 4 tokens cannot hold 8 sequences of up to 44 tokens: preemption must happen
+    engine = LLMEngine(model, num_blocks=14, block_size=4, max_num_seqs=8)
+    arrivals = sorted(rng.randint(0, 12) for _ in prompts)
+    results, step, pending = {}, 0, list(zip(arrivals, prompts, max_tokens))
+    while pending or engine.has_unfinished():
+        while pending and pending[0][0] <= step:
+            _, p, n = pending.pop(0)
+            engine.add_request(p, SamplingParams(temperature=0, max_tokens=n), request_id=str(len(results) +
+                                                                                             len(engine.seqs)))
+        for out in engine.step():
+            if out.finished:
+                results[out.request_id] = out.token_ids
+        step += 1
+    assert engine.scheduler.num_preemptions > 0
+    assert engine.bm.num_free == engine.bm.num_blocks  # no leaked blocks
+    assert all(b.ref_count == 0 for b in engine.bm.blocks)
+    one_at_a_time = LLM(model, max_num_seqs=1, block_size=4)
+    for i, (p, n) in enumerate(zip(prompts, max_tokens)):
+        ref = reference(model, p, n)
+        assert results[str(i)] == ref, f"request {i}"
+        assert one_at_a_time.generate(p, SamplingParams(temperature=0, max_tokens=n))[0].token_ids == ref
+
+
+def test_prefix_cache_hits_on_shared_system_prompt():
+    model = tiny_gpt("rope")
+    system = list(range(1, 25))  # 24 tokens = 6 full blocks of 4
+    prompts = [system + [40 + i, 50 + i] for i in range(4)]
+    llm = LLM(model, block_size=4, num_blocks=64)
+    bm = llm.engine.bm
+    first = llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=5))
+    assert bm.hits == 0 and bm.num_cached > 0
+    rest = llm.generate(prompts[1:], SamplingParams(temperature=0, max_tokens=5))
+    assert bm.hits >= 3 * 6 and bm.hit_rate > 0.5
+    for p, out in zip(prompts, first + rest):
+        assert out.token_ids == reference(model, p, 5)
+    assert bm.num_free == bm.num_blocks
+
+
+def test_lru_eviction_keeps_outputs_right():
+    model = tiny_gpt("learned")
+    llm = LLM(model, block_size=4, num_blocks=10)
+    rng = random.Random(2)
+    for _ in range(6):  # many distinct prompts through a small pool: cached blocks are evicted and reused
+        p = [rng.randrange(64) for _ in range(rng.randint(5, 16))]
+        assert llm.generate(p, SamplingParams(temperature=0, max_tokens=8))[0].token_ids == reference(model, p, 8)
+
+
+def test_cancel_frees_blocks_at_once():
+    engine = LLMEngine(tiny_gpt(), block_size=4, num_blocks=40)
+    a = engine.add_request(list(range(10)), SamplingParams(temperature=0, max_tokens=30))
+    b = engine.add_request(list(range(5)), SamplingParams(temperature=0, max_tokens=30))
+    engine.step()
+    engine.step()
+    used = engine.bm.num_used
+    engine.abort(a)
+    assert engine.bm.num_used < used
+    engine.abort(b)
+    assert engine.bm.num_free == engine.bm.num_blocks and not engine.has_unfinished()
+
+
+def test_seeded_sampling_is_per_request_and_top_k_1_is_greedy():
+    model = tiny_gpt()
+    prompts = [[1, 2, 3], [4, 5], [6]]
+    sp = SamplingParams(temperature=0.9, top_p=0.9, max_tokens=12, seed=7)
+    batched = [o.token_ids for o in LLM(model).generate(prompts, sp)]
+    single = [LLM(model).generate(p, sp)[0].token_ids for p in prompts]
+    assert batched == single
+    greedy = LLM(model).generate(prompts, SamplingParams(temperature=1.5, top_k=1, max_tokens=12))
+    assert [o.token_ids for o in greedy] == [reference(model, p, 12) for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return ByteBPETokenizer.train(TEXT, 300)
+
+
+def test_text_prompts_stop_strings_and_eos(tok):
+    model = tiny_gpt(vocab=tok.vocab_size)
+    llm = LLM(model, tok)
+    prompt = "The quick brown"
+    out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))[0]
+    ids = reference(model, tok.encode(prompt), 30)
+    assert out.token_ids == ids and out.finish_reason == "length"
+    full = tok.decode(ids)
+    assert out.text == full
+    if len(full) > 4:  # a stop string taken from the output ends it just before the stop
+        stop = full[2:4]
+        cut = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=30, stop=[stop], ignore_eos=True))[0]
+        assert cut.finish_reason == "stop" and cut.text == full[:full.find(stop)]
+    # EOS ends a request unless ignore_eos
+    eos_model = tiny_gpt(vocab=tok.vocab_size)
+    with torch.no_grad():  # every hidden state becomes all-ones, and only <eos>'s logit is large
+        eos_model.transformer.final_norm.weight.zero_()
+        eos_model.transformer.final_norm.bias.fill_(1.0)
+        eos_model.lm_head.weight[tok.eos_id] = 1.0
+    out = LLM(eos_model, tok).generate(prompt, SamplingParams(temperature=0, max_tokens=10))[0]
+    assert out.finish_reason == "stop" and out.token_ids[-1] == tok.eos_id
+
+
+def test_streaming_detokenizer_never_splits_utf8(tok):
+    text = "naïve 東京 🙂🚀 café"
+    ids = tok.encode(text)
+    assert any(len(tok.decode_bytes([i])) == 1 and tok.decode_bytes([i])[0] >= 0x80 for i in ids)
+    seq = Sequence("0", [0], SamplingParams(max_tokens=len(ids)), tok, safety=None)
+    deltas = []
+    for i in ids:
+        seq.append_token(i, tok.eos_id)
+        deltas.append(seq.take_text())
+    assert "".join(deltas) == text and all("\ufffd" not in d for d in deltas)
+
+
+def test_safety_filter_redacts_in_stream_and_is_configurable(tok):
+    text = "a shit glass assemble ass! Shit."
+    ids = tok.encode(text)
+    for blocklist, expected in [(None, "a [redacted] glass assemble ass! [redacted]."),
+                                (("ass",), "a shit glass assemble [redacted]! Shit.")]:
+        f = SafetyFilter() if blocklist is None else SafetyFilter(blocklist)
+        seq = Sequence("0", [0], SamplingParams(max_tokens=len(ids)), tok, safety=f)
+        streamed = ""
+        for i in ids:
+            seq.append_token(i, tok.eos_id)
+            streamed += seq.take_text()
+        assert streamed == expected
+    seq = Sequence("0", [0], SamplingParams(max_tokens=len(ids)), tok, safety=None)
+    for i in ids:
+        seq.append_token(i, tok.eos_id)
+    assert seq.take_text() == text
+
+
+def test_bad_requests_raise_value_errors():
+    engine = LLMEngine(tiny_gpt())
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(ValueError, match="context"):
+        engine.add_request(list(range(60)), SamplingParams(max_tokens=10))
+    with pytest.raises(ValueError, match="tokenizer"):
+        engine.add_request("text without a tokenizer")
+    with pytest.raises(ValueError, match="token ids"):
+        engine.add_request([1, 2, 999])
