@@ -1,0 +1,230 @@
+"""GPT: KV-cache decoding vs full recomputation, parameter counts, a short training run, and bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bloomlib
+from bloomlib import GPT, GPTConfig, count_parameters
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes: one intra-op thread avoids spin-waiting threads on a busy machine (100x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def sharp_model(seed=0, **over) -> GPT:
+    """A tiny float64 GPT with larger-than-init random weights, so attention is far from uniform and a wrong
+    position, mask or cache entry changes the logits visibly."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig.preset("tiny", **{"block_size": 12, "n_head": 4, **over})
+    model = GPT(cfg).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+CACHE_CASES = [
+    dict(pos_encoding="learned"),
+    dict(pos_encoding="sinusoidal"),
+    dict(pos_encoding="rope"),
+    dict(pos_encoding="alibi"),
+    dict(pos_encoding="none"),
+    dict(pos_encoding="rope", n_kv_head=2),
+    dict(pos_encoding="alibi", n_kv_head=1),
+    dict(pos_encoding="learned", sliding_window=3),
+    dict(pos_encoding="rope", sliding_window=4, n_kv_head=2),
+    dict(pos_encoding="alibi", sliding_window=2, attn_backend="math"),
+    dict(pos_encoding="learned", n_kv_head=2, attn_backend="math"),
+]
+
+
+@pytest.mark.parametrize("over", CACHE_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_kv_cache_step_logits_equal_full_recomputation(over):
+    model = sharp_model(**over)
+    idx = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(1))
+    cache = model.new_kv_cache()
+    with torch.no_grad():
+        step = model(idx, kv_cache=cache)
+        torch.testing.assert_close(step, model(idx))
+        for _ in range(12 - 4):
+            nxt = step[:, -1].argmax(-1, keepdim=True)
+            idx = torch.cat([idx, nxt], 1)
+            step = model(nxt, kv_cache=cache)
+            full = model(idx)
+            assert cache.length == idx.shape[1]
+            torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-10, rtol=1e-10)
+        # several new tokens at once (a chunked prefill) also match
+        cache = model.new_kv_cache()
+        model(idx[:, :5], kv_cache=cache)
+        torch.testing.assert_close(model(idx[:, 5:], kv_cache=cache), full[:, 5:], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("over", CACHE_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_greedy_generation_with_cache_equals_recomputation_past_the_window(over):
+    model = sharp_model(**over)
+    block = model.config.block_size
+    idx = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(2))
+    n_new = 2 * block  # runs past the context window: the oldest tokens are dropped
+    ref = idx
+    with torch.no_grad():
+        for _ in range(n_new):
+            ref = torch.cat([ref, model(ref[:, -block:])[:, -1].argmax(-1, keepdim=True)], 1)
+    cached = model.generate(idx, n_new, temperature=0.0, use_cache=True)
+    assert torch.equal(cached, ref)
+    assert torch.equal(model.generate(idx, n_new, temperature=0.0, use_cache=False), ref)
+
+
+def test_positional_encoding_changes_the_output():
+    """Guards the cache tests above against a model that ignores positions: the same tokens, permuted earlier
+    in the sequence, change the last logits for every scheme but 'none' (with one layer, the last query sees
+    the previous tokens as a set, so its output is permutation-invariant)."""
+    idx = torch.tensor([[1, 2, 3, 4, 5]])
+    perm = torch.tensor([[3, 1, 4, 2, 5]])
+    for pos in ("learned", "sinusoidal", "rope", "alibi", "none"):
+        model = sharp_model(pos_encoding=pos, n_layer=1)
+        with torch.no_grad():
+            same = torch.allclose(model(idx)[:, -1], model(perm)[:, -1], atol=1e-9)
+        assert same == (pos == "none"), pos
+
+
+def test_return_attention_weights():
+    model = sharp_model(pos_encoding="rope", sliding_window=3)
+    idx = torch.randint(0, 64, (2, 6))
+    logits, weights = model(idx, return_attention=True)
+    assert len(weights) == model.config.n_layer
+    for w in weights:
+        assert w.shape == (2, 4, 6, 6)
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 6, dtype=w.dtype))
+        assert (w.triu(1) == 0).all() and (w.tril(-3) == 0).all()
+    torch.testing.assert_close(logits, model(idx))
+
+
+# --- parameter counts -----------------------------------------------------------------------------------------
+
+def direct_count(model) -> int:
+    seen, total = set(), 0
+    for _, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+@pytest.mark.parametrize("over", [dict(), dict(tie_weights=False), dict(n_kv_head=1, pos_encoding="rope"),
+                                  dict(ffn="swiglu", norm="rmsnorm", bias=False)])
+def test_count_parameters_matches_a_direct_sum(over):
+    model = GPT(GPTConfig.preset("tiny", **over))
+    assert count_parameters(model) == direct_count(model)
+    c = model.config
+    emb = c.vocab_size * c.d_model + (c.block_size * c.d_model if c.pos_encoding == "learned" else 0)
+    assert count_parameters(model, non_embedding=True) == direct_count(model) - emb
+
+
+def test_count_parameters_encoder_decoder_counts_the_shared_embedding_once():
+    model = bloomlib.EncoderDecoder(GPTConfig.preset("tiny"))
+    assert count_parameters(model) == direct_count(model)
+    assert count_parameters(model) < sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+
+
+def test_gpt2_small_has_124_439_808_parameters():
+    """GPT-2 small (124M): wte 50257*768 + wpe 1024*768 + 12 layers * (2 LayerNorms 2*1536 + qkv 768*2304+2304
+    + attn proj 768*768+768 + fc 768*3072+3072 + mlp proj 3072*768+768) + ln_f 1536 = 124,439,808, the figure
+    published for the Hugging Face `gpt2` checkpoint (lm_head is tied to wte, so counted once)."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig.preset("gpt2"))
+        untied = GPT(GPTConfig.preset("gpt2", tie_weights=False))
+    assert count_parameters(model) == 124_439_808
+    assert count_parameters(untied) == 124_439_808 + 50257 * 768
+    assert count_parameters(model, non_embedding=True) == 124_439_808 - 50257 * 768 - 1024 * 768
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+def reverse_batch(n, L, g):
+    """x_1..x_L SEP x_L..x_1, symbols 0..9, SEP 10; targets ignore the prompt (-100)."""
+    x = torch.randint(10, (n, L), generator=g)
+    seq = torch.cat([x, torch.full((n, 1), 10), x.flip(1)], 1)
+    inputs, targets = seq[:, :-1], seq[:, 1:].clone()
+    targets[:, :L] = -100
+    return inputs, targets
+
+
+def test_tiny_gpt_learns_reverse_task_to_loss_below_0_25_in_300_steps():
+    """GPTConfig.preset('tiny') + AdamW(lr 3e-3), batch 32, 6 symbols to reverse: answer-token loss starts at
+    ~ln(64) = 4.2 (chance over the answer alphabet ln(10) = 2.3) and must fall below 0.25 within 300 CPU steps
+    (it reaches ~0.01 with this seed); greedy generation then reverses fresh sequences."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        inputs, targets = reverse_batch(32, 6, g)
+        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    inputs, targets = reverse_batch(256, 6, torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        eval_loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100).item()
+    assert eval_loss < 0.25, eval_loss
+    prompts = inputs[:64, :7]
+    out = model.generate(prompts, 6, temperature=0.0)
+    accuracy = (out[:, 7:] == prompts[:, :6].flip(1)).all(1).float().mean().item()
+    assert accuracy > 0.8, accuracy
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+def test_sequence_longer_than_context_window_raises():
+    model = GPT(GPTConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="context window"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    cache = model.new_kv_cache()
+    model(torch.zeros(1, 30, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="context window"):
+        model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
+
+
+def test_bad_token_ids_raise():
+    model = GPT(GPTConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        model(torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="token ids"):
+        model(torch.tensor([[1, 64]]))
+
+
+@pytest.mark.parametrize("kwargs,word", [
+    (dict(d_model=30, n_head=4), "n_head"),
+    (dict(n_head=4, n_kv_head=3), "n_kv_head"),
+    (dict(pos_encoding="rotary"), "pos_encoding"),
+    (dict(norm="batchnorm"), "norm"),
+    (dict(ffn="tanh"), "ffn"),
+    (dict(attn_backend="cuda"), "attn_backend"),
+    (dict(sliding_window=0), "sliding_window"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_bad_config_raises(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        GPTConfig(**kwargs)
+
+
+def test_gpt_needs_a_causal_config():
+    with pytest.raises(ValueError, match="causal"):
+        GPT(GPTConfig.preset("tiny", causal=False))
+
+
+def test_generate_bad_prompt_raises():
+    model = GPT(GPTConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="prompt"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), -1)
