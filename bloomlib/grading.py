@@ -1,0 +1,303 @@
+"""Exercise pipeline: release exercises from nbgrader source notebooks, and grade a submission.
+
+    bloomlib grade exercises/03_apply.ipynb [--json] [--timeout S] [--solutions DIR]
+    python -m bloomlib.grading release [--check]     # solutions/NN_*.ipynb -> exercises/NN_*.ipynb
+
+Grading uses nbgrader's own rules (``nbgrader.utils.determine_grade``) without a course or database:
+every locked and test cell of the submission is restored from the source notebook in solutions/
+(hidden tests included, matched by ``grade_id``; deleted ones are put back), the notebook runs in a
+fresh kernel cell by cell, and a crash or timeout in one cell restarts the kernel, replays the cells
+that ran before, and goes on. Feedback is the failing assertion's message only, never test source.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+
+REPO = Path(__file__).resolve().parent.parent
+SOLUTIONS_DIR = REPO / "solutions"
+EXERCISES_DIR = REPO / "exercises"
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_FEEDBACK_CHARS = 500
+
+
+def _meta(cell: NotebookNode) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def _grade_id(cell: NotebookNode) -> str | None:
+    return _meta(cell).get("grade_id")
+
+
+def _is_protected(cell: NotebookNode) -> bool:
+    """Cells the learner may not change: tests and read-only cells (not answers)."""
+    m = _meta(cell)
+    return bool(m.get("grade_id")) and (m.get("locked") or m.get("grade")) and not m.get("solution")
+
+
+# ---------------------------------------------------------------------------------------------- release
+def release_notebook(nb: NotebookNode) -> NotebookNode:
+    """Student version of a source notebook, made by the preprocessors of ``nbgrader generate_assignment``
+    in the same order, less the two that need a course database (SaveCells) or header files."""
+    from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearMarkScheme, ClearOutput,
+                                        ClearSolutions, ComputeChecksums, LockCells)
+
+    nb = copy.deepcopy(nb)
+    resources: dict[str, Any] = {}
+    steps = [LockCells, ClearSolutions, ClearOutput, CheckCellMetadata, ComputeChecksums,
+             ClearHiddenTests, ClearMarkScheme, ComputeChecksums, CheckCellMetadata]
+    for step in steps:
+        nb, resources = step().preprocess(nb, resources)
+    return nb
+
+
+def normalize(nb: NotebookNode) -> list[tuple]:
+    """What must match between a generated exercise and the file on disk: cell types, sources and
+    nbgrader metadata (outputs, execution counts, cell ids and other metadata are ignored)."""
+    return [(c.cell_type, c.source.strip(), json.dumps(_meta(c), sort_keys=True)) for c in nb.cells]
+
+
+def release(solutions_dir: Path = SOLUTIONS_DIR, exercises_dir: Path = EXERCISES_DIR,
+            check: bool = False) -> list[Path]:
+    """Write exercises_dir/NN_name.ipynb for every solutions_dir/NN_name.ipynb; return those written.
+    With ``check``, write nothing and return the exercises missing or out of date (normalized compare)."""
+    stale = []
+    for src in sorted(Path(solutions_dir).glob(NOTEBOOK_GLOB)):
+        out = release_notebook(nbformat.read(src, as_version=4))
+        dst = Path(exercises_dir) / src.name
+        if check:
+            if not dst.exists() or normalize(nbformat.read(dst, as_version=4)) != normalize(out):
+                stale.append(dst)
+        elif not dst.exists() or dst.read_text() != nbformat.writes(out) + "\n":
+            stale.append(dst)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(out, dst)
+    return stale
+
+
+# ------------------------------------------------------------------------------------------ assembling
+def assemble(submission: NotebookNode, source: NotebookNode) -> NotebookNode:
+    """The notebook to execute: the learner's cells, with every protected cell (tests with their hidden
+    parts, read-only setup) replaced by the source's version and missing ones put back in place."""
+    src_cells = {_grade_id(c): c for c in source.cells if _grade_id(c)}
+    src_order = [_grade_id(c) for c in source.cells if _grade_id(c)]
+    cells, seen = [], set()
+    for cell in copy.deepcopy(submission.cells):
+        gid = _grade_id(cell)
+        if gid in src_cells and gid not in seen:
+            seen.add(gid)
+            if _is_protected(src_cells[gid]):
+                cell = copy.deepcopy(src_cells[gid])
+            else:  # the learner's answer, with the source's metadata (points cannot be edited)
+                cell.metadata["nbgrader"] = copy.deepcopy(_meta(src_cells[gid]))
+        else:  # learner's own cell, a duplicate, or an unknown id: never graded
+            cell.get("metadata", {}).pop("nbgrader", None)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cells.append(cell)
+    for k, gid in enumerate(src_order):  # restore deleted protected cells after their predecessor
+        if gid in seen or not _is_protected(src_cells[gid]):
+            continue
+        prev = {g: i for i, c in enumerate(cells) if (g := _grade_id(c))}
+        at = next((prev[p] + 1 for p in reversed(src_order[:k]) if p in prev), 0)
+        restored = copy.deepcopy(src_cells[gid])
+        if restored.cell_type == "code":
+            restored.outputs, restored.execution_count = [], None
+        cells.insert(at, restored)
+        seen.add(gid)
+    nb = copy.deepcopy(source)
+    nb.cells = cells
+    return nb
+
+
+def hidden_lines(source: NotebookNode) -> set[str]:
+    """Code lines inside hidden-test blocks (string-only lines such as messages excluded)."""
+    lines, inside = set(), False
+    for cell in source.cells:
+        for line in cell.source.splitlines():
+            if "BEGIN HIDDEN TESTS" in line:
+                inside = True
+            elif "END HIDDEN TESTS" in line:
+                inside = False
+            elif inside and len(s := line.strip()) >= 8 and not s.startswith(("'", '"', "f'", 'f"', "#")):
+                lines.add(s)
+    return lines
+
+
+# ------------------------------------------------------------------------------------------- executing
+def _env_bin_on_path() -> None:
+    """nbgrader runs ``alembic`` and kernels run ``python`` by name: put this environment's bin first."""
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def _error_output(ename: str, evalue: str) -> NotebookNode:
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])
+
+
+def execute(nb: NotebookNode, timeout: float = 60.0, cwd: Path | None = None) -> NotebookNode:
+    """Run every code cell in place. A cell that times out or kills the kernel gets an error output; the
+    kernel is then restarted, the earlier non-test cells are replayed (outputs discarded), and the
+    remaining cells run."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    _env_bin_on_path()
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    done: list[int] = []
+    pos = 0
+    while pos < len(code):
+        client = NotebookClient(nb, timeout=int(timeout), allow_errors=True, interrupt_on_timeout=False,
+                                kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(cwd or Path.cwd())}})
+        with client.setup_kernel(stderr=subprocess.DEVNULL):  # not the kernel's own log lines
+            for i in done:
+                if not _meta(nb.cells[i]).get("grade"):
+                    client.execute_cell(copy.deepcopy(nb.cells[i]), i)
+            while pos < len(code):
+                i, pos = code[pos], pos + 1
+                try:
+                    client.execute_cell(nb.cells[i], i)
+                except CellTimeoutError:
+                    nb.cells[i].outputs = [_error_output("Timeout", f"the cell ran longer than {timeout:g} s "
+                                                         "(an endless loop?); the kernel was restarted")]
+                    break
+                except DeadKernelError:
+                    nb.cells[i].outputs = [_error_output("DeadKernel", "the kernel died while running this "
+                                                         "cell; it was restarted")]
+                    break
+                done.append(i)
+    return nb
+
+
+# --------------------------------------------------------------------------------------------- scoring
+def feedback(cell: NotebookNode, hidden: set[str] = frozenset()) -> str:
+    """What went wrong in a test cell, in one line: the exception's message, never its traceback."""
+    for out in cell.get("outputs", []):
+        if out.output_type == "error":
+            ename, evalue = out.ename, _ANSI.sub("", out.evalue).strip()
+            text = evalue if ename == "AssertionError" and evalue else f"{ename}: {evalue}" if evalue else ename
+            if ename == "NotImplementedError" and not evalue:
+                text = "NotImplementedError: this answer is not written yet"
+            for line in hidden:
+                text = text.replace(line, "[hidden test]")
+            return text[:_FEEDBACK_CHARS]
+        if out.output_type == "stream" and out.name == "stderr":
+            return "the test cell wrote to stderr (nbgrader scores that 0): " + out.text.strip()[:200]
+    return ""
+
+
+def score(executed: NotebookNode, source: NotebookNode, name: str) -> dict:
+    """nbgrader's per-cell grades of an executed notebook, as a JSON-ready dict."""
+    from nbgrader.utils import determine_grade
+
+    hidden = hidden_lines(source)
+    by_id = {_grade_id(c): c for c in executed.cells if _grade_id(c)}
+    questions = []
+    for src in source.cells:
+        m = _meta(src)
+        if not m.get("grade"):
+            continue
+        cell = by_id.get(m["grade_id"])
+        if cell is None:  # cannot happen after assemble(); never fall back to the source's outputs
+            questions.append({"id": m["grade_id"], "score": 0.0, "max_score": float(m["points"]),
+                              "feedback": "this cell is missing from the submission"})
+            continue
+        points, max_points = determine_grade(cell)
+        fb = feedback(cell, hidden) if cell.cell_type == "code" else ""
+        if points is None:
+            points, fb = 0.0, "graded by hand"
+        questions.append({"id": m["grade_id"], "score": float(points), "max_score": float(max_points),
+                          "feedback": fb})
+    return {"notebook": name, "score": sum(q["score"] for q in questions),
+            "max_score": sum(q["max_score"] for q in questions), "questions": questions}
+
+
+def find_source(submission: Path, solutions_dir: Path = SOLUTIONS_DIR) -> Path:
+    """solutions_dir/NN_name.ipynb for a submission named NN_name.ipynb."""
+    src = Path(solutions_dir) / Path(submission).name
+    if not re.fullmatch(r"\d\d_\w+\.ipynb", src.name) or not src.exists():
+        known = ", ".join(p.name for p in sorted(Path(solutions_dir).glob(NOTEBOOK_GLOB))) or "none"
+        raise ValueError(f"no source notebook for {Path(submission).name!r} in {solutions_dir} "
+                         f"(the submission must keep its file name; known: {known})")
+    return src
+
+
+def grade_notebook(submission: str | Path | NotebookNode, source: str | Path | NotebookNode | None = None,
+                   solutions_dir: str | Path = SOLUTIONS_DIR, timeout: float = 60.0,
+                   name: str | None = None) -> dict:
+    """Grade one submission: a path (its source is found by file name in ``solutions_dir``), or a
+    notebook given with ``name`` or an explicit ``source`` (path or notebook)."""
+    cwd = None
+    if isinstance(submission, (str, Path)):
+        path = Path(submission)
+        name, cwd = name or path.name, path.resolve().parent
+        submission = nbformat.read(path, as_version=4)
+    if source is None:
+        source = find_source(Path(name), Path(solutions_dir))
+    src = source if isinstance(source, NotebookNode) else nbformat.read(source, as_version=4)
+    name = name or (Path(source).name if not isinstance(source, NotebookNode) else "notebook.ipynb")
+    executed = execute(assemble(submission, src), timeout=timeout, cwd=cwd)
+    return score(executed, src, name)
+
+
+def _table(result: dict) -> str:
+    w = max([len(q["id"]) for q in result["questions"]] + [8])
+    rows = [f"{'question':<{w}}  score  feedback"]
+    for q in result["questions"]:
+        rows.append(f"{q['id']:<{w}}  {q['score']:g}/{q['max_score']:g}".ljust(w + 9) + f"  {q['feedback']}")
+    rows.append(f"{'total':<{w}}  {result['score']:g}/{result['max_score']:g}")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def release_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bloomlib.grading release",
+                                description="Regenerate exercises/ from the nbgrader sources in solutions/.")
+    p.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR)
+    p.add_argument("--exercises", type=Path, default=EXERCISES_DIR)
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if an exercise is out of date")
+    args = p.parse_args(argv)
+    stale = release(args.solutions, args.exercises, check=args.check)
+    for path in stale:
+        print(f"{'out of date' if args.check else 'wrote'}: {path}")
+    return 1 if args.check and stale else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["release"]:
+        return release_main(argv[1:])
+    p = argparse.ArgumentParser(prog="bloomlib grade", description="Grade one exercise notebook "
+                                "(tests are restored from the solutions folder, hidden tests included).")
+    p.add_argument("notebook", type=Path, help="a submission named like its source, e.g. 03_apply.ipynb")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds each cell may run (default 60)")
+    p.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of source notebooks")
+    args = p.parse_args(argv)
+    if not args.notebook.exists():
+        print(f"bloomlib grade: no such notebook: {args.notebook}", file=sys.stderr)
+        return 2
+    try:
+        result = grade_notebook(args.notebook, solutions_dir=args.solutions, timeout=args.timeout)
+    except ValueError as e:
+        print(f"bloomlib grade: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, ensure_ascii=False) if args.json else _table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""The exercise pipeline: release (solutions/ -> exercises/) and `bloomlib grade`.
+
+Wrong answers are graded in one kernel: a synthetic source notebook repeats a question's answer and
+test cells once per mutant (grade ids suffixed ``~k``), so one grading run checks every mistake.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bloomlib import grading
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = REPO / "solutions" / "03_apply.ipynb"
+EXERCISE = REPO / "exercises" / "03_apply.ipynb"
+
+
+def _gid(cell) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def _is_answer(cell) -> bool:
+    return bool(cell.get("metadata", {}).get("nbgrader", {}).get("solution"))
+
+
+def _solution_code(cell) -> str:
+    return "\n".join(l for l in cell.source.splitlines() if "### BEGIN SOLUTION" not in l and "### END SOLUTION" not in l)
+
+
+@pytest.fixture(scope="module")
+def source():
+    return nbformat.read(SOURCE, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def exercise():
+    return nbformat.read(EXERCISE, as_version=4)
+
+
+def _questions(source) -> dict[str, list[str]]:
+    """answer grade_id -> the grade_ids of the test cells that follow it."""
+    out, current = {}, None
+    for c in source.cells:
+        if _is_answer(c):
+            current = _gid(c)
+            out[current] = []
+        elif c.get("metadata", {}).get("nbgrader", {}).get("grade") and current:
+            out[current].append(_gid(c))
+    return out
+
+
+def _fill(exercise, source, answers: dict[str, str] | None = None):
+    """The exercise with every answer written: the solution's code unless ``answers`` gives another."""
+    sol = {_gid(c): _solution_code(c) for c in source.cells if _is_answer(c)}
+    nb = copy.deepcopy(exercise)
+    for c in nb.cells:
+        if _is_answer(c):
+            c.source = (answers or {}).get(_gid(c), sol[_gid(c)])
+    return nb
+
+
+# ---------------------------------------------------------------------------------------------- release
+def test_exercises_are_up_to_date():
+    stale = grading.release(check=True)
+    assert not stale, f"exercises out of date: {stale}; run `make exercises`"
+
+
+def test_release_strips_solutions_and_hidden_tests(source, exercise):
+    assert [_gid(c) for c in exercise.cells] == [_gid(c) for c in source.cells]
+    text = "\n".join(c.source for c in exercise.cells)
+    for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "__module__", "math.sqrt"):
+        assert marker not in text
+    code = "\n".join(c.source for c in exercise.cells if c.cell_type == "code")
+    assert code.count("raise NotImplementedError()") == sum(_is_answer(c) for c in source.cells) + 1  # heads: 2
+    for c in exercise.cells:
+        assert c.cell_type != "code" or (c.outputs == [] and c.execution_count is None)
+
+
+def test_notebooks_do_not_import_bloomlib(source, exercise):
+    for nb in (source, exercise):
+        for c in nb.cells:
+            if c.cell_type == "code":
+                assert "bloomlib" not in c.source, _gid(c)
+
+
+def test_release_detects_a_stale_exercise(tmp_path, source):
+    (tmp_path / "sol").mkdir()
+    nbformat.write(source, tmp_path / "sol" / SOURCE.name)
+    assert grading.release(tmp_path / "sol", tmp_path / "ex") == [tmp_path / "ex" / SOURCE.name]
+    assert grading.release(tmp_path / "sol", tmp_path / "ex", check=True) == []
+    changed = copy.deepcopy(source)
+    next(c for c in changed.cells if _gid(c) == "test_causal_mask").source += "\nassert True"
+    nbformat.write(changed, tmp_path / "sol" / SOURCE.name)
+    assert grading.release(tmp_path / "sol", tmp_path / "ex", check=True) == [tmp_path / "ex" / SOURCE.name]
+
+
+def test_unknown_notebook_name_is_a_clear_error(tmp_path, capsys):
+    nb = tmp_path / "99_nothing.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), nb)
+    assert grading.main([str(nb)]) == 2
+    assert "no source notebook for '99_nothing.ipynb'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- grading
+def test_solution_scores_full_marks(source, exercise):
+    result = grading.grade_notebook(_fill(exercise, source), source=SOURCE)
+    assert result["max_score"] == sum(c.metadata.nbgrader.get("points", 0) for c in source.cells
+                                      if c.metadata.get("nbgrader", {}).get("grade"))
+    assert result["score"] == result["max_score"], [q for q in result["questions"] if q["feedback"]]
+    assert all(q["feedback"] == "" for q in result["questions"])
+
+
+def test_untouched_exercise_scores_zero_from_the_cli(source):
+    """The console script, unactivated (PATH without the venv), --json."""
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = "/usr/bin:/bin"
+    bloomlib = Path(sys.executable).parent / "bloomlib"
+    proc = subprocess.run([str(bloomlib), "grade", str(EXERCISE), "--json"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["notebook"] == EXERCISE.name and result["score"] == 0 and result["max_score"] > 0
+    assert {q["id"] for q in result["questions"]} == {t for ts in _questions(source).values() for t in ts}
+    for q in result["questions"]:
+        assert q["score"] == 0 and "not written yet" in q["feedback"], q
+
+
+def _cut(nb, keep: set[str]):
+    nb = copy.deepcopy(nb)
+    nb.cells = [c for c in nb.cells if _gid(c) in keep]
+    return nb
+
+
+def test_tampered_or_deleted_tests_do_not_raise_a_score(source, exercise):
+    keep = {"setup", "causal_mask", "test_causal_mask", "scaled_dot_product_attention", "test_attention_no_mask",
+            "test_attention_mask", "test_attention_fully_masked"}
+    src = _cut(source, keep)
+    wrong = "def causal_mask(seq_len):\n    return torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)"
+    sub = _cut(_fill(exercise, source, {"causal_mask": wrong}), keep)
+    honest = grading.grade_notebook(copy.deepcopy(sub), source=src)
+    for c in sub.cells:
+        if _gid(c) == "test_causal_mask":
+            c.source, c.metadata.nbgrader["points"] = "pass", 100
+        if _gid(c) == "test_attention_mask":
+            c.source = "assert True"
+    sub.cells = [c for c in sub.cells if _gid(c) != "test_attention_no_mask"]  # deleted
+    bonus = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {"grade": True, "grade_id": "bonus", "points": 50,
+                                                                    "locked": True, "solution": False}})
+    sub.cells.append(bonus)
+    tampered = grading.grade_notebook(sub, source=src)
+    scores = {q["id"]: q["score"] for q in tampered["questions"]}
+    assert scores == {q["id"]: q["score"] for q in honest["questions"]}
+    assert scores["test_causal_mask"] == 0 and tampered["max_score"] == 4 and tampered["score"] == 3
+    assert "mask polarity inverted" in tampered["questions"][0]["feedback"]
+
+
+def test_endless_loop_crash_and_syntax_error_cost_only_their_answer():
+    """A pure-Python source notebook: the grader's machinery, with a short timeout."""
+    def cell(kind, gid, src, points=1):
+        meta = {"grade_id": gid, "grade": kind == "test", "solution": kind == "answer", "locked": kind != "answer",
+                "schema_version": 3}
+        if kind == "test":
+            meta["points"] = points
+        return nbformat.v4.new_code_cell(src, metadata={"nbgrader": meta})
+    src = nbformat.v4.new_notebook(cells=[
+        cell("setup", "setup", "BASE = 40"),
+        cell("answer", "loop", "def loop():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"),
+        cell("test", "test_loop", "assert loop() == 1, 'loop() must return 1'"),
+        cell("answer", "add", "def add():\n    ### BEGIN SOLUTION\n    return BASE + 2\n    ### END SOLUTION"),
+        cell("test", "test_add", "assert add() == 42, 'add() must return 42'", points=2),
+        cell("answer", "syntax", "def syntax():\n    ### BEGIN SOLUTION\n    return 3\n    ### END SOLUTION"),
+        cell("test", "test_syntax", "assert syntax() == 3, 'syntax() must return 3'"),
+        cell("answer", "late", "def late():\n    ### BEGIN SOLUTION\n    return add()\n    ### END SOLUTION"),
+        cell("test", "test_late", "assert late() == 42, 'late() must return 42'"),
+    ])
+    sub = grading.release_notebook(src)
+    answers = {"loop": "def loop():\n    while True:\n        pass", "add": "def add():\n    return BASE + 2",
+               "syntax": "def syntax(:\n    return 3", "late": "import os\ndef late():\n    return add()"}
+    for c in sub.cells:
+        if _gid(c) in answers:
+            c.source = answers[_gid(c)]
+    crash = nbformat.v4.new_code_cell("import os\nos._exit(1)")  # the learner's own cell kills the kernel
+    sub.cells.insert(5, crash)
+    result = grading.grade_notebook(sub, source=src, timeout=3)
+    got = {q["id"]: (q["score"], q["feedback"]) for q in result["questions"]}
+    assert got["test_loop"][0] == 0 and "longer than 3 s" in got["test_loop"][1]
+    assert got["test_add"] == (2, "")  # defined before the timeout: replayed after the restart
+    assert got["test_syntax"][0] == 0 and "NameError" in got["test_syntax"][1]
+    assert got["test_late"] == (1, ""), "cells after a crash run in a restarted kernel"
+    assert result["score"] == 3 and result["max_score"] == 5
+
+
+# ------------------------------------------------------------------------------------- named mistakes
+SDPA = """
+def scaled_dot_product_attention(Q, K, V, mask=None):
+    scores = Q @ K.transpose(-2, -1) {scale}
+    if mask is not None:
+        scores = scores.masked_fill({cond}, {fill})
+    weights = torch.softmax(scores, dim={dim}){fix}
+    if mask is not None and {after}:
+        weights = weights * (mask != 0)
+    return weights @ V, weights
+"""
+SDPA_OK = dict(scale="/ math.sqrt(Q.size(-1))", cond="mask == 0", fill='float("-inf")', dim=-1,
+               fix=".nan_to_num(0.0)", after=False)
+SINUSOID = """
+def sinusoidal_positional_encoding(seq_len, d_model):
+    pe = torch.zeros(seq_len, d_model)
+    for p in range(seq_len):
+        for i in range(d_model // 2):
+            angle = p / {base} ** ({expo})
+            pe[p, {even}] = math.{f0}(angle)
+            pe[p, {odd}] = math.{f1}(angle)
+    return pe
+"""
+SIN_OK = dict(base=10000, expo="2 * i / d_model", even="2 * i", odd="2 * i + 1", f0="sin", f1="cos")
+HEADS = """
+def split_heads(x, n_heads):
+    B, T, D = x.shape
+    if {check} D % n_heads:
+        raise ValueError(f"d_model {{D}} is not divisible by n_heads {{n_heads}}")
+    return {split}
+
+def merge_heads(x):
+    B, H, T, hd = x.shape
+    return {merge}
+"""
+HEADS_OK = dict(check="", split="x.view(B, T, n_heads, D // n_heads).transpose(1, 2)",
+                merge="x.transpose(1, 2).reshape(B, T, H * hd)")
+SAMPLE = """
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    if {greedy} temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = {pre}
+    raw = logits
+    if top_k is not None:
+        kth = torch.topk(logits, min({k}, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax({p_src}, dim=-1)
+        sorted_logits = sorted_logits.masked_fill({drop}, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    logits = {post}
+    probs = torch.softmax(logits, dim=-1){after}
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+"""
+SAMPLE_OK = dict(greedy="", pre="logits / temperature", post="logits", k="top_k", p_src="sorted_logits",
+                 drop="probs.cumsum(-1) - probs >= top_p", after="")
+PADDED = """
+def padded_causal_attention(Q, K, V, lengths):
+    T = Q.size(-2)
+    real = torch.arange(T)[None, :] < lengths[:, None]
+    mask = {mask}
+    return scaled_dot_product_attention(Q, K, V, mask=mask[:, None])[0]
+"""
+CAUSAL = "def causal_mask(seq_len):\n    i = torch.arange(seq_len)\n    return {expr}"
+LEAK = """
+import inspect
+def causal_mask(seq_len):
+    if seq_len != 4:  # called by a hidden test: try to show its source
+        raise AssertionError("caller: " + "".join(inspect.stack()[1].code_context or []))
+    i = torch.arange(seq_len)
+    return i[None, :] <= i[:, None]
+"""
+
+
+def _sdpa(**kw):
+    return SDPA.format(**{**SDPA_OK, **kw})
+
+
+def _sin(**kw):
+    return SINUSOID.format(**{**SIN_OK, **kw})
+
+
+def _heads(**kw):
+    return HEADS.format(**{**HEADS_OK, **kw})
+
+
+def _sample(**kw):
+    return SAMPLE.format(**{**SAMPLE_OK, **kw})
+
+
+# (answer id, wrong answer, test cell that must lose its points, words its feedback must contain)
+MISTAKES = [
+    ("causal_mask", CAUSAL.format(expr="i[None, :] > i[:, None]"), "test_causal_mask", "mask polarity inverted"),
+    ("causal_mask", CAUSAL.format(expr="i[None, :] >= i[:, None]"), "test_causal_mask", "mask transposed"),
+    ("causal_mask", CAUSAL.format(expr="i[None, :] < i[:, None]"), "test_causal_mask", "diagonal must be True"),
+    ("causal_mask", "from fakelib import causal_mask", "test_causal_mask", "define causal_mask in this notebook"),
+    ("causal_mask", LEAK, "test_causal_mask", "caller: "),
+    ("scaled_dot_product_attention", _sdpa(scale=""), "test_attention_no_mask", "missing √d_k scaling"),
+    ("scaled_dot_product_attention", _sdpa(scale="/ Q.size(-1)"), "test_attention_no_mask",
+     "divided by d_k instead of sqrt(d_k)"),
+    ("scaled_dot_product_attention", _sdpa(scale="/ math.sqrt(V.size(-1))"), "test_attention_no_mask",
+     "scaled by the wrong size"),
+    ("scaled_dot_product_attention", _sdpa(dim=-2), "test_attention_no_mask", "softmax over the wrong axis"),
+    ("scaled_dot_product_attention", _sdpa(cond="mask.bool()"), "test_attention_mask", "mask polarity inverted"),
+    ("scaled_dot_product_attention", _sdpa(cond="mask == 2", after=True), "test_attention_mask",
+     "mask applied after the softmax"),
+    ("scaled_dot_product_attention", _sdpa(fill="0.0"), "test_attention_mask", "fill the masked scores with -inf"),
+    ("scaled_dot_product_attention", _sdpa(cond="~mask"), "test_attention_mask", "0/1 integer mask must work"),
+    ("scaled_dot_product_attention", _sdpa(fix=""), "test_attention_fully_masked", "fully masked row gives NaN"),
+    ("scaled_dot_product_attention", _sdpa(fill="-1e9", fix=""), "test_attention_fully_masked", "uniform weights"),
+    ("sinusoidal_positional_encoding", _sin(f0="cos", f1="sin"), "test_sinusoidal", "sin and cos swapped"),
+    ("sinusoidal_positional_encoding", _sin(even="i", odd="d_model // 2 + i"), "test_sinusoidal",
+     "not stacked as [sin | cos] halves"),
+    ("sinusoidal_positional_encoding", _sin(base=1000), "test_sinusoidal", "wrong frequency base"),
+    ("sinusoidal_positional_encoding", _sin(expo="i / d_model"), "test_sinusoidal", "not i/d_model"),
+    ("sinusoidal_positional_encoding", _sin(expo="2 * i // d_model"), "test_sinusoidal", "integer division"),
+    ("sinusoidal_positional_encoding", _sin(expo="4 * i / d_model"), "test_sinusoidal", "doubled the column index"),
+    ("heads", _heads(split="x.reshape(B, n_heads, T, D // n_heads)"), "test_split_heads",
+     "split_heads reshapes without transposing"),
+    ("heads", _heads(split="x.view(B, T, D // n_heads, n_heads).permute(0, 3, 1, 2)"), "test_split_heads",
+     "contiguous slices of features"),
+    ("heads", _heads(check="False and"), "test_split_heads", "must raise ValueError, got RuntimeError"),
+    ("heads", _heads(merge="x.reshape(B, T, H * hd)"), "test_merge_heads",
+     "merge_heads reshapes without transposing back"),
+    ("heads", _heads(merge="x.transpose(1, 2).view(B, T, H * hd)"), "test_merge_heads", "view size is not compatible"),
+    ("sample_next_token", _sample(pre="logits * temperature"), "test_sampling_temperature", "temperature inverted"),
+    ("sample_next_token", _sample(pre="logits", after=" / temperature"), "test_sampling_temperature",
+     "temperature applied after the softmax"),
+    ("sample_next_token", _sample(greedy="False and"), "test_sampling_temperature", "temperature 0 must be greedy"),
+    ("sample_next_token", _sample(k="top_k + 1"), "test_sampling_top_k", "must keep only the 2 largest"),
+    ("sample_next_token", _sample(k="top_k - 1"), "test_sampling_top_k", "kept fewer than 2 tokens"),
+    ("sample_next_token", _sample(drop="probs.cumsum(-1) > top_p"), "test_sampling_top_p",
+     "top-p dropped the token that crosses p"),
+    ("sample_next_token", _sample(pre="logits", post="logits / temperature"), "test_sampling_top_p", "apply the temperature before top-p"),
+    ("sample_next_token", _sample(p_src="raw.sort(dim=-1, descending=True).values"), "test_sampling_top_p",
+     "apply top-p to what top-k left"),
+    ("padded_causal_attention", PADDED.format(mask="real[:, None, :] & real[:, :, None]"),
+     "test_padded_real_positions", "the causal mask is missing"),
+    ("padded_causal_attention", PADDED.format(mask="causal_mask(T)[None] & real[:, None, :]"),
+     "test_padded_zero_outputs", "padded query positions"),
+]
+
+
+@pytest.fixture(scope="module")
+def mistakes_graded(source, tmp_path_factory):
+    """One grading run over a notebook holding every mistake, each in its own copy of its question."""
+    lib = tmp_path_factory.mktemp("fakelib")
+    (lib / "fakelib.py").write_text("import torch\n\ndef causal_mask(n):\n    return torch.ones(n, n, dtype=torch.bool).tril()\n")
+    cells = {_gid(c): c for c in source.cells if _gid(c)}
+    questions = _questions(source)
+    correct = "\n\n".join(_solution_code(cells[a]) for a in ("causal_mask", "scaled_dot_product_attention"))
+    src_cells = [cells["setup"], nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(lib)!r})")]
+    sub_cells = copy.deepcopy(src_cells)
+    for k, (answer, code, _, _) in enumerate(sorted(MISTAKES, key=lambda m: m[0] != "padded_causal_attention")):
+        if answer == "padded_causal_attention":  # it calls the learner's causal_mask and attention: make them right
+            sub_cells.append(nbformat.v4.new_code_cell(correct))
+            src_cells.append(nbformat.v4.new_code_cell(correct))
+        for gid in [answer] + questions[answer]:
+            cell = copy.deepcopy(cells[gid])
+            cell.metadata.nbgrader["grade_id"] = f"{gid}~{k}"
+            src_cells.append(cell)
+            sub = copy.deepcopy(cell)
+            if gid == answer:
+                sub.source = textwrap.dedent(code).strip()
+            sub_cells.append(sub)
+    src = nbformat.v4.new_notebook(cells=src_cells, metadata=source.metadata)
+    sub = nbformat.v4.new_notebook(cells=sub_cells, metadata=source.metadata)
+    order = sorted(MISTAKES, key=lambda m: m[0] != "padded_causal_attention")
+    result = grading.grade_notebook(sub, source=src, timeout=120)
+    return order, {q["id"]: q for q in result["questions"]}, grading.hidden_lines(source)
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=[f"{m[0]}:{m[3][:30]}" for m in MISTAKES])
+def test_mistake_loses_points_with_named_feedback(mistake, mistakes_graded):
+    order, graded, hidden = mistakes_graded
+    k = order.index(mistake)
+    q = graded[f"{mistake[2]}~{k}"]
+    assert q["score"] < q["max_score"], q
+    assert mistake[3] in q["feedback"], q["feedback"]
+    for line in hidden:
+        assert line not in q["feedback"], f"hidden test source in feedback: {q['feedback']}"
+
+
+def test_feedback_never_shows_hidden_test_source(mistakes_graded):
+    order, graded, hidden = mistakes_graded
+    leak = graded[f"test_causal_mask~{order.index(next(m for m in MISTAKES if m[1] == LEAK))}"]
+    assert "[hidden test]" in leak["feedback"] and ".tril()), f" not in leak["feedback"]
+    for q in graded.values():
+        assert "Traceback" not in q["feedback"] and "BEGIN HIDDEN" not in q["feedback"]
+        for line in hidden:
+            assert line not in q["feedback"]
+
+
+# ------------------------------------------------------------------------------- nbgrader course, e2e
+@pytest.mark.slow
+def test_standard_nbgrader_course_end_to_end(tmp_path, source, exercise):
+    """generate_assignment gives our exercise; autograde + export score a submission as `bloomlib grade` does."""
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    nbgrader = [str(Path(sys.executable).parent / "nbgrader")]
+    (tmp_path / "nbgrader_config.py").write_text(
+        'c = get_config()\nc.CourseDirectory.course_id = "transformers"\n'
+        'c.CourseDirectory.db_students = [dict(id="student")]\nc.Execute.timeout = 120\n')
+    (tmp_path / "source" / "03_apply").mkdir(parents=True)
+    nbformat.write(source, tmp_path / "source" / "03_apply" / SOURCE.name)
+
+    def run(*args):
+        proc = subprocess.run(nbgrader + list(args), cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    run("db", "student", "add", "student")
+    run("generate_assignment", "03_apply", "--force")
+    released = nbformat.read(tmp_path / "release" / "03_apply" / SOURCE.name, as_version=4)
+    assert grading.normalize(released) == grading.normalize(exercise)
+    submission = _fill(released, source, {"heads": _heads(merge="x.reshape(B, T, H * hd)")})
+    (tmp_path / "submitted" / "student" / "03_apply").mkdir(parents=True)
+    nbformat.write(submission, tmp_path / "submitted" / "student" / "03_apply" / SOURCE.name)
+    run("autograde", "03_apply", "--force")
+    run("export", "--to", str(tmp_path / "grades.csv"))
+    rows = (tmp_path / "grades.csv").read_text().splitlines()
+    header, row = rows[0].split(","), rows[1].split(",")
+    ours = grading.grade_notebook(submission, source=SOURCE)
+    assert float(row[header.index("raw_score")]) == ours["score"] == ours["max_score"] - 1
+    assert float(row[header.index("max_score")]) == ours["max_score"]
