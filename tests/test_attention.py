@@ -214,6 +214,15 @@ def test_mismatched_head_dim_raises():
         bloomlib.scaled_dot_product_attention(q, k[..., :4], v)
 
 
+def test_mismatched_batch_or_dtype_raises():
+    q, k, v = qkv(B=2)
+    k3, v3 = qkv(B=3)[1:]
+    with pytest.raises(ValueError, match="batch"):
+        bloomlib.scaled_dot_product_attention(q, k3, v3)
+    with pytest.raises(ValueError, match="dtype"):
+        bloomlib.scaled_dot_product_attention(q, k.double(), v.double())
+
+
 def test_kv_heads_must_divide_query_heads():
     q, k, v = qkv(H=4, H_kv=3)
     with pytest.raises(ValueError, match="divide"):

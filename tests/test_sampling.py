@@ -81,7 +81,8 @@ def test_top_p_includes_the_token_that_crosses_p():
 
 def test_temperature_is_applied_before_top_p():
     logits = torch.tensor([[2.0, 1.0, 0.0]])
-    # at T=1 probs ~ [0.665, 0.245, 0.090] -> top-p 0.9 keeps 2 tokens; T=2: [0.506, 0.307, 0.186] -> 3; T=0.25: [0.982, ...] -> 1
+    # top-p 0.9 keeps 2 tokens at T=1 (probs ~ [0.665, 0.245, 0.090]), 3 at T=2 ([0.506, 0.307, 0.186])
+    # and 1 at T=0.25 ([0.982, ...]): top-p before temperature would keep 2 in every case
     for t, n in ((1.0, 2), (2.0, 3), (0.25, 1)):
         ref = reference_distribution(logits[0].tolist(), temperature=t, top_p=0.9)
         assert sum(q > 0 for q in ref) == n
