@@ -59,6 +59,13 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"k and v must have the same length, got k {tuple(k.shape)} and v {tuple(v.shape)}")
     if k.shape[:-2] != v.shape[:-2]:
         raise ValueError(f"k and v must have the same batch/head dims, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    try:
+        torch.broadcast_shapes(q.shape[:-3], k.shape[:-3])
+    except RuntimeError:
+        raise ValueError(f"q and k must have the same batch dims, got q {tuple(q.shape)} and k {tuple(k.shape)}"
+                         ) from None
     if q.dim() >= 3 and q.shape[-3] != k.shape[-3]:
         if q.dim() != 4 or q.shape[-3] % k.shape[-3]:
             raise ValueError(f"the number of key/value heads ({k.shape[-3]}) must divide the number of query "
