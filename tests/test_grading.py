@@ -110,42 +110,37 @@ def test_unknown_notebook_name_is_a_clear_error(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- grading
-def test_solution_scores_full_marks(source, exercise):
-    result = grading.grade_notebook(_fill(exercise, source), source=SOURCE)
-    assert result["max_score"] == sum(c.metadata.nbgrader.get("points", 0) for c in source.cells
-                                      if c.metadata.get("nbgrader", {}).get("grade"))
-    assert result["score"] == result["max_score"], [q for q in result["questions"] if q["feedback"]]
-    assert all(q["feedback"] == "" for q in result["questions"])
-
-
-def test_untouched_exercise_scores_zero_from_the_cli(source):
-    """The console script, unactivated (PATH without the venv), --json."""
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    env["PATH"] = "/usr/bin:/bin"
-    bloomlib = Path(sys.executable).parent / "bloomlib"
-    proc = subprocess.run([str(bloomlib), "grade", str(EXERCISE), "--json"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["notebook"] == EXERCISE.name and result["score"] == 0 and result["max_score"] > 0
-    assert {q["id"] for q in result["questions"]} == {t for ts in _questions(source).values() for t in ts}
-    for q in result["questions"]:
-        assert q["score"] == 0 and "not written yet" in q["feedback"], q
-
-
 def _cut(nb, keep: set[str]):
     nb = copy.deepcopy(nb)
     nb.cells = [c for c in nb.cells if _gid(c) in keep]
     return nb
 
 
+def test_cli_json_unactivated_with_solutions_dir(tmp_path, source, exercise):
+    """The console script with PATH lacking the venv, --solutions and --json, on a cut-down notebook."""
+    keep = {"setup", "causal_mask", "test_causal_mask", "heads", "test_split_heads", "test_merge_heads"}
+    (tmp_path / "sol").mkdir()
+    nbformat.write(_cut(source, keep), tmp_path / "sol" / SOURCE.name)
+    blank = next(c.source for c in exercise.cells if _gid(c) == "causal_mask")
+    nbformat.write(_cut(_fill(exercise, source, {"causal_mask": blank}), keep), tmp_path / SOURCE.name)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = "/usr/bin:/bin"
+    bloomlib = Path(sys.executable).parent / "bloomlib"
+    proc = subprocess.run([str(bloomlib), "grade", str(tmp_path / SOURCE.name), "--json", "--solutions",
+                           str(tmp_path / "sol")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"notebook": SOURCE.name, "score": 2.0, "max_score": 3.0, "questions": [
+        {"id": "test_causal_mask", "score": 0.0, "max_score": 1.0,
+         "feedback": "NotImplementedError: this answer is not written yet"},
+        {"id": "test_split_heads", "score": 1.0, "max_score": 1.0, "feedback": ""},
+        {"id": "test_merge_heads", "score": 1.0, "max_score": 1.0, "feedback": ""}]}
+
+
 def test_tampered_or_deleted_tests_do_not_raise_a_score(source, exercise):
     keep = {"setup", "causal_mask", "test_causal_mask", "scaled_dot_product_attention", "test_attention_no_mask",
             "test_attention_mask", "test_attention_fully_masked"}
-    src = _cut(source, keep)
     wrong = "def causal_mask(seq_len):\n    return torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)"
     sub = _cut(_fill(exercise, source, {"causal_mask": wrong}), keep)
-    honest = grading.grade_notebook(copy.deepcopy(sub), source=src)
     for c in sub.cells:
         if _gid(c) == "test_causal_mask":
             c.source, c.metadata.nbgrader["points"] = "pass", 100
@@ -155,11 +150,11 @@ def test_tampered_or_deleted_tests_do_not_raise_a_score(source, exercise):
     bonus = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {"grade": True, "grade_id": "bonus", "points": 50,
                                                                     "locked": True, "solution": False}})
     sub.cells.append(bonus)
-    tampered = grading.grade_notebook(sub, source=src)
-    scores = {q["id"]: q["score"] for q in tampered["questions"]}
-    assert scores == {q["id"]: q["score"] for q in honest["questions"]}
-    assert scores["test_causal_mask"] == 0 and tampered["max_score"] == 4 and tampered["score"] == 3
-    assert "mask polarity inverted" in tampered["questions"][0]["feedback"]
+    result = grading.grade_notebook(sub, source=_cut(source, keep))
+    assert {q["id"]: q["score"] for q in result["questions"]} == {
+        "test_causal_mask": 0, "test_attention_no_mask": 1, "test_attention_mask": 1, "test_attention_fully_masked": 1}
+    assert result["max_score"] == 4 and result["score"] == 3
+    assert "mask polarity inverted" in result["questions"][0]["feedback"]
 
 
 def test_endless_loop_crash_and_syntax_error_cost_only_their_answer():
@@ -342,54 +337,68 @@ MISTAKES = [
 ]
 
 
+def _suffixed(cell, suffix):
+    cell = copy.deepcopy(cell)
+    if _gid(cell):
+        cell.metadata.nbgrader["grade_id"] = f"{_gid(cell)}~{suffix}"
+    return cell
+
+
 @pytest.fixture(scope="module")
-def mistakes_graded(source, tmp_path_factory):
-    """One grading run over a notebook holding every mistake, each in its own copy of its question."""
+def graded(source, exercise, tmp_path_factory):
+    """One grading run in one kernel, three parts: the untouched exercise (ids ``~blank``), the exercise
+    with the solution's answers (plain ids), then each mistake in its own copy of its question (ids ``~k``)."""
     lib = tmp_path_factory.mktemp("fakelib")
-    (lib / "fakelib.py").write_text("import torch\n\ndef causal_mask(n):\n    return torch.ones(n, n, dtype=torch.bool).tril()\n")
+    (lib / "fakelib.py").write_text("import torch\n\n\ndef causal_mask(n):\n"
+                                    "    return torch.ones(n, n, dtype=torch.bool).tril()\n")
     cells = {_gid(c): c for c in source.cells if _gid(c)}
     questions = _questions(source)
+    path = nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(lib)!r})")
+    src_cells = [_suffixed(c, "blank") for c in source.cells] + copy.deepcopy(source.cells) + [path]
+    sub_cells = [_suffixed(c, "blank") for c in exercise.cells] + _fill(exercise, source).cells + [path]
     correct = "\n\n".join(_solution_code(cells[a]) for a in ("causal_mask", "scaled_dot_product_attention"))
-    src_cells = [cells["setup"], nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(lib)!r})")]
-    sub_cells = copy.deepcopy(src_cells)
-    for k, (answer, code, _, _) in enumerate(sorted(MISTAKES, key=lambda m: m[0] != "padded_causal_attention")):
+    for k, (answer, code, _, _) in enumerate(MISTAKES):
         if answer == "padded_causal_attention":  # it calls the learner's causal_mask and attention: make them right
-            sub_cells.append(nbformat.v4.new_code_cell(correct))
             src_cells.append(nbformat.v4.new_code_cell(correct))
+            sub_cells.append(nbformat.v4.new_code_cell(correct))
         for gid in [answer] + questions[answer]:
-            cell = copy.deepcopy(cells[gid])
-            cell.metadata.nbgrader["grade_id"] = f"{gid}~{k}"
-            src_cells.append(cell)
-            sub = copy.deepcopy(cell)
+            src_cells.append(_suffixed(cells[gid], k))
+            sub_cells.append(_suffixed(cells[gid], k))
             if gid == answer:
-                sub.source = textwrap.dedent(code).strip()
-            sub_cells.append(sub)
+                sub_cells[-1].source = textwrap.dedent(code).strip()
     src = nbformat.v4.new_notebook(cells=src_cells, metadata=source.metadata)
     sub = nbformat.v4.new_notebook(cells=sub_cells, metadata=source.metadata)
-    order = sorted(MISTAKES, key=lambda m: m[0] != "padded_causal_attention")
-    result = grading.grade_notebook(sub, source=src, timeout=120)
-    return order, {q["id"]: q for q in result["questions"]}, grading.hidden_lines(source)
+    return {q["id"]: q for q in grading.grade_notebook(sub, source=src, timeout=120)["questions"]}
+
+
+def test_solution_scores_full_marks(graded, source):
+    tests = [t for ts in _questions(source).values() for t in ts]
+    assert [graded[t] for t in tests if graded[t]["score"] != graded[t]["max_score"] or graded[t]["feedback"]] == []
+    assert sum(graded[t]["max_score"] for t in tests) == 13
+
+
+def test_untouched_exercise_scores_zero(graded, source):
+    for t in [t for ts in _questions(source).values() for t in ts]:
+        q = graded[f"{t}~blank"]
+        assert q["score"] == 0 and q["feedback"] == "NotImplementedError: this answer is not written yet", q
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[f"{m[0]}:{m[3][:30]}" for m in MISTAKES])
-def test_mistake_loses_points_with_named_feedback(mistake, mistakes_graded):
-    order, graded, hidden = mistakes_graded
-    k = order.index(mistake)
-    q = graded[f"{mistake[2]}~{k}"]
+def test_mistake_loses_points_with_named_feedback(mistake, graded):
+    q = graded[f"{mistake[2]}~{MISTAKES.index(mistake)}"]
     assert q["score"] < q["max_score"], q
     assert mistake[3] in q["feedback"], q["feedback"]
-    for line in hidden:
-        assert line not in q["feedback"], f"hidden test source in feedback: {q['feedback']}"
 
 
-def test_feedback_never_shows_hidden_test_source(mistakes_graded):
-    order, graded, hidden = mistakes_graded
-    leak = graded[f"test_causal_mask~{order.index(next(m for m in MISTAKES if m[1] == LEAK))}"]
+def test_feedback_never_shows_hidden_test_source(graded, source):
+    hidden = grading.hidden_lines(source)
+    assert len(hidden) > 50
+    leak = graded[f"test_causal_mask~{[m[1] for m in MISTAKES].index(LEAK)}"]
     assert "[hidden test]" in leak["feedback"] and ".tril()), f" not in leak["feedback"]
     for q in graded.values():
         assert "Traceback" not in q["feedback"] and "BEGIN HIDDEN" not in q["feedback"]
         for line in hidden:
-            assert line not in q["feedback"]
+            assert line not in q["feedback"], q
 
 
 # ------------------------------------------------------------------------------- nbgrader course, e2e
