@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import bloomlib
 from bloomlib import GPT, GPTConfig, count_parameters
+from bloomlib.data import reverse_task
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,6 +41,7 @@ CACHE_CASES = [
     dict(pos_encoding="rope", sliding_window=4, n_kv_head=2),
     dict(pos_encoding="alibi", sliding_window=2, attn_backend="math"),
     dict(pos_encoding="learned", n_kv_head=2, attn_backend="math"),
+    dict(pos_encoding="rope", n_kv_head=2, sliding_window=3, attn_backend="flash"),
 ]
 
 
@@ -131,6 +133,21 @@ def test_count_parameters_encoder_decoder_counts_the_shared_embedding_once():
     assert count_parameters(model) < sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
 
 
+def test_published_parameter_counts_of_llama_mistral_and_bert():
+    """LLaMA-7B: 2 * 32000*4096 (embedding, untied head) + 32 * (4 * 4096^2 + 3 * 4096*11008 + 2 * 4096) + 4096
+    = 6,738,415,616. Mistral-7B (8 kv heads of 128): 2 * 32000*4096 + 32 * (2 * 4096^2 + 2 * 4096*1024
+    + 3 * 4096*14336 + 2 * 4096) + 4096 = 7,241,732,096. BERT-base: BertModel's 109,482,240 (embeddings
+    23,837,184 + 12 * 7,087,872 + pooler 590,592) plus the MLM head's dense, LayerNorm and decoder bias
+    (590,592 + 1,536 + 30,522; its decoder weight is tied) = 110,104,890."""
+    with torch.device("meta"):
+        llama = GPT(GPTConfig.preset("llama-7b"))
+        mistral = GPT(GPTConfig.preset("mistral-7b"))
+        bert = bloomlib.Encoder(GPTConfig.preset("bert-base"))
+    assert count_parameters(llama) == 6_738_415_616
+    assert count_parameters(mistral) == 7_241_732_096
+    assert count_parameters(bert) == 109_482_240 + 590_592 + 1_536 + 30_522
+
+
 def test_gpt2_small_has_124_439_808_parameters():
     """GPT-2 small (124M): wte 50257*768 + wpe 1024*768 + 12 layers * (2 LayerNorms 2*1536 + qkv 768*2304+2304
     + attn proj 768*768+768 + fc 768*3072+3072 + mlp proj 3072*768+768) + ln_f 1536 = 124,439,808, the figure
@@ -145,35 +162,28 @@ def test_gpt2_small_has_124_439_808_parameters():
 
 # --- training -------------------------------------------------------------------------------------------------
 
-def reverse_batch(n, L, g):
-    """x_1..x_L SEP x_L..x_1, symbols 0..9, SEP 10; targets ignore the prompt (-100)."""
-    x = torch.randint(10, (n, L), generator=g)
-    seq = torch.cat([x, torch.full((n, 1), 10), x.flip(1)], 1)
-    inputs, targets = seq[:, :-1], seq[:, 1:].clone()
-    targets[:, :L] = -100
-    return inputs, targets
-
-
 def test_tiny_gpt_learns_reverse_task_to_loss_below_0_25_in_300_steps():
-    """GPTConfig.preset('tiny') + AdamW(lr 3e-3), batch 32, 6 symbols to reverse: answer-token loss starts at
-    ~ln(64) = 4.2 (chance over the answer alphabet ln(10) = 2.3) and must fall below 0.25 within 300 CPU steps
-    (it reaches ~0.01 with this seed); greedy generation then reverses fresh sequences."""
+    """GPTConfig.preset('tiny') + AdamW(lr 3e-3), batches of 32 from bloomlib.data.reverse_task (6 symbols of 10):
+    answer-token loss starts near ln(64) = 4.2 (chance over the symbols: ln(10) = 2.3) and must fall below 0.25
+    within 300 CPU steps (it reaches ~0.01 with this seed); greedy generation then reverses fresh sequences."""
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny"))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
-        inputs, targets = reverse_batch(32, 6, g)
-        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
+        batch = reverse_task(32, seq_len=6, n_symbols=10, generator=g)
+        loss = F.cross_entropy(model(batch.inputs).flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
-    inputs, targets = reverse_batch(256, 6, torch.Generator().manual_seed(123))
+    test = reverse_task(256, seq_len=6, n_symbols=10, generator=torch.Generator().manual_seed(123))
+    assert (test.targets[test.answer_mask] != -100).all() and (test.targets[~test.answer_mask] == -100).all()
     with torch.no_grad():
-        eval_loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100).item()
-    assert eval_loss < 0.25, eval_loss
-    prompts = inputs[:64, :7]
+        eval_loss = F.cross_entropy(model(test.inputs).flatten(0, 1), test.targets.flatten(), ignore_index=-100)
+    assert eval_loss.item() < 0.25, eval_loss.item()
+    prompts = test.prompts[:64]  # x_1..x_6 SEP
+    assert prompts.shape == (64, 7) and (prompts[:, -1] == 10).all()
     out = model.generate(prompts, 6, temperature=0.0)
     accuracy = (out[:, 7:] == prompts[:, :6].flip(1)).all(1).float().mean().item()
     assert accuracy > 0.8, accuracy
