@@ -238,3 +238,37 @@ def test_generate_bad_prompt_raises():
         model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(torch.zeros(1, 2, dtype=torch.long), -1)
+
+
+@pytest.mark.slow  # importing transformers takes several seconds
+def test_gpt_equals_hugging_face_gpt2_with_copied_weights():
+    """bloomlib's GPT with GPT-2's knobs (learned positions, pre-LN, tanh GELU, tied head) computes the same
+    logits as transformers' GPT2LMHeadModel given the same weights (its Conv1D weights are stored transposed)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                                     attn_pdrop=0.0, layer_norm_epsilon=1e-5)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).double().eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.3)
+    ours = GPT(GPTConfig.preset("tiny", ffn="gelu_tanh")).double().eval()
+    t, h = ours.transformer, hf.transformer
+    with torch.no_grad():
+        t.tok_emb.weight.copy_(h.wte.weight)
+        t.pos_emb.weight.copy_(h.wpe.weight)
+        for b, hb in zip(t.blocks, h.h):
+            b.norm1.load_state_dict(hb.ln_1.state_dict())
+            b.norm2.load_state_dict(hb.ln_2.state_dict())
+            w, bias = hb.attn.c_attn.weight.T, hb.attn.c_attn.bias  # (3d, d), (3d,)
+            for lin, part in zip((b.attn.q_proj, b.attn.k_proj, b.attn.v_proj), range(3)):
+                lin.weight.copy_(w[part * 32:(part + 1) * 32])
+                lin.bias.copy_(bias[part * 32:(part + 1) * 32])
+            for lin, conv in ((b.attn.o_proj, hb.attn.c_proj), (b.ffn.up, hb.mlp.c_fc), (b.ffn.down, hb.mlp.c_proj)):
+                lin.weight.copy_(conv.weight.T)
+                lin.bias.copy_(conv.bias)
+        t.final_norm.load_state_dict(h.ln_f.state_dict())
+    idx = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-9, rtol=1e-9)
