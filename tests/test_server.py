@@ -1,5 +1,6 @@
 """`bloomlib serve` in a subprocess on a free loopback port, driven by the official `openai` client and httpx."""
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def server(tmp_path_factory):
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "bloomlib.serving.server", "--checkpoint", str(folder),
                              "--port", str(port), "--max-body-bytes", str(MAX_BODY), "--blocklist", ""],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:
