@@ -190,3 +190,53 @@ def test_encoder_decoder_eos_stops_and_fills():
     if (out[1, 1:] == eos).any():
         hit = int((out[1, 1:] == eos).nonzero()[0]) + 1
         assert (out[1, hit:] == eos).all() and out.shape[1] == hit + 1
+
+
+@pytest.mark.slow  # importing transformers takes several seconds
+def test_post_ln_encoder_equals_hugging_face_bert():
+    """The BERT knobs (post-LN, token types, embedding LayerNorm, exact GELU, no final norm) give the same hidden
+    states, MLM logits and pooled output as transformers' BertForPreTraining with copied weights."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=128, max_position_embeddings=32, type_vocab_size=2,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, hidden_act="gelu")
+    hf = transformers.BertForPreTraining(hf_cfg).double().eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.3)
+    cfg = GPTConfig.preset("tiny", causal=False, prenorm=False, type_vocab_size=2, embed_norm=True,
+                           final_norm=False, norm_eps=1e-12)
+    enc = Encoder(cfg).double().eval()
+    bert, t = hf.bert, enc.transformer
+
+    def lin(ours, theirs):
+        ours.weight.copy_(theirs.weight)
+        ours.bias.copy_(theirs.bias)
+
+    with torch.no_grad():
+        t.tok_emb.weight.copy_(bert.embeddings.word_embeddings.weight)
+        t.pos_emb.weight.copy_(bert.embeddings.position_embeddings.weight)
+        t.type_emb.weight.copy_(bert.embeddings.token_type_embeddings.weight)
+        t.embed_norm.load_state_dict(bert.embeddings.LayerNorm.state_dict())
+        for b, layer in zip(t.blocks, bert.encoder.layer):
+            a = layer.attention
+            lin(b.attn.q_proj, a.self.query), lin(b.attn.k_proj, a.self.key), lin(b.attn.v_proj, a.self.value)
+            lin(b.attn.o_proj, a.output.dense), lin(b.ffn.up, layer.intermediate.dense)
+            lin(b.ffn.down, layer.output.dense)
+            b.norm1.load_state_dict(a.output.LayerNorm.state_dict())
+            b.norm2.load_state_dict(layer.output.LayerNorm.state_dict())
+        lin(enc.pooler, bert.pooler.dense)
+        lin(enc.mlm_dense, hf.cls.predictions.transform.dense)
+        enc.mlm_norm.load_state_dict(hf.cls.predictions.transform.LayerNorm.state_dict())
+        enc.mlm_decoder.bias.copy_(hf.cls.predictions.bias)
+    assert enc.mlm_decoder.weight is t.tok_emb.weight  # tied, like BERT's decoder
+    idx = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    types = torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2)
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    with torch.no_grad():
+        out = hf(idx, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+        h = enc(idx, mask, token_type_ids=types)
+        torch.testing.assert_close(h, out.hidden_states[-1], atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(enc.mlm_logits(h), out.prediction_logits, atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(enc.pooled(h), bert.pooler(out.hidden_states[-1]), atol=1e-9, rtol=1e-9)
