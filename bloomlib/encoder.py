@@ -103,6 +103,8 @@ class EncoderDecoder(nn.Module):
         """Decode from `bos_id`: returns (B, 1 + n) target ids, n <= max_new_tokens (stops when all rows hit eos_id).
         The source is encoded once; with use_cache the decoder's self- and cross-attention keys/values are cached."""
         check_sampling_args(temperature, top_k, top_p)
+        if not 0 <= max_new_tokens < self.config.block_size:
+            raise ValueError(f"max_new_tokens must be in [0, block_size={self.config.block_size}), got {max_new_tokens}")
         memory = self.encode(src, src_mask)
         tgt = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
         from bloomlib.attention import KVCache
