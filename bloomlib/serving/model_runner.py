@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bloomlib.attention import repeat_kv
-
 
 def slot_mapping(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
     """Cache slot of each position: block_table[..., p // block_size] * block_size + p % block_size.
@@ -20,34 +18,46 @@ def slot_mapping(block_table: torch.Tensor, positions: torch.Tensor, block_size:
     return block_table.gather(-1, positions // block_size) * block_size + positions % block_size
 
 
+def attention_layout(block_tables: torch.Tensor, context_lens: torch.Tensor, q_positions: torch.Tensor,
+                     block_size: int, window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each sequence's keys live and which of them each query may see (shared by all layers).
+
+    Returns slots (B, n_k): cache slot of key position j of sequence b (n_k = longest context), and
+    allowed (B, 1, T, n_k): key j <= query position, j < context length (and within the window).
+    """
+    B, n_k = block_tables.shape[0], int(context_lens.max())
+    k_pos = torch.arange(n_k, device=block_tables.device)
+    slots = slot_mapping(block_tables, k_pos.expand(B, n_k).clamp(max=block_tables.shape[1] * block_size - 1),
+                         block_size)
+    qp, kp = q_positions[:, None, :, None], k_pos[None, None, None, :]        # (B, 1, T, 1), (1, 1, 1, n_k)
+    allowed = (kp <= qp) & (kp < context_lens[:, None, None, None])
+    if window is not None:
+        allowed &= kp > qp - window
+    return slots, allowed
+
+
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     context_lens: torch.Tensor, q_positions: torch.Tensor, block_size: int, *,
-                    alibi_slopes: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+                    alibi_slopes: torch.Tensor | None = None, window: int | None = None,
+                    layout: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Causal attention of queries over keys/values stored in a block-paged cache.
 
     q: (B, T, H, D) queries of B sequences (padded to T); q_positions: (B, T) their absolute positions.
     k_cache, v_cache: (num_slots, H_kv, D), slot = block * block_size + offset.
     block_tables: (B, max_blocks) block ids (padding entries are ignored); context_lens: (B,) cached length.
     Query at position p attends the sequence's keys at positions j <= p, j < context_len (and p - window < j).
-    Returns (B, T, H, D).
+    layout: attention_layout(...) when already computed (it is the same for every layer). Returns (B, T, H, D).
     """
-    B, T, H, D = q.shape
-    n_k = int(context_lens.max())
-    k_pos = torch.arange(n_k, device=q.device)
-    slots = slot_mapping(block_tables, k_pos.expand(B, n_k).clamp(max=block_tables.shape[1] * block_size - 1),
-                         block_size)                                          # (B, n_k)
-    k = k_cache[slots].transpose(1, 2)                                        # (B, H_kv, n_k, D)
-    v = v_cache[slots].transpose(1, 2)
-    k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
-    qp, kp = q_positions[:, None, :, None], k_pos[None, None, None, :]        # (B, 1, T, 1), (1, 1, 1, n_k)
-    allowed = (kp <= qp) & (kp < context_lens[:, None, None, None])
-    if window is not None:
-        allowed &= kp > qp - window
+    H = q.shape[2]
+    slots, allowed = layout or attention_layout(block_tables, context_lens, q_positions, block_size, window)
+    flat = slots.flatten()
+    k = k_cache.index_select(0, flat).view(*slots.shape, *k_cache.shape[1:]).transpose(1, 2)  # (B, H_kv, n_k, D)
+    v = v_cache.index_select(0, flat).view(*slots.shape, *v_cache.shape[1:]).transpose(1, 2)
     mask = allowed
     if alibi_slopes is not None:
-        bias = -alibi_slopes.to(q.dtype)[None, :, None, None] * (qp - kp).abs().to(q.dtype)  # (B, H, T, n_k)
-        mask = bias.masked_fill(~allowed, float("-inf"))
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)
+        dist = (q_positions[:, None, :, None] - torch.arange(slots.shape[1], device=q.device)).abs().to(q.dtype)
+        mask = (-alibi_slopes.to(q.dtype)[None, :, None, None] * dist).masked_fill(~allowed, float("-inf"))
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=k.shape[1] != H)
     return out.transpose(1, 2)
 
 
@@ -100,6 +110,7 @@ class ModelRunner:
         slots = slot_mapping(tables, pos_pad, bs)[valid]                  # (N,)
         ctx = torch.tensor([s + n for s, n in zip(starts, lens)], device=dev)
         slopes = getattr(tr, "alibi_slopes", None) if cfg.pos_encoding == "alibi" else None
+        layout = attention_layout(tables, ctx, pos_pad, bs, cfg.sliding_window)
 
         x = tr.embed(ids[None], pos)[0]                                   # (N, d_model)
         for layer, blk in enumerate(tr.blocks):
@@ -111,10 +122,10 @@ class ModelRunner:
             if tr.rope is not None:
                 q = tr.rope(q.transpose(0, 1)[None], pos)[0].transpose(0, 1)
                 k = tr.rope(k.transpose(0, 1)[None], pos)[0].transpose(0, 1)
-            self.k_cache[layer, slots] = k.to(self.dtype)
-            self.v_cache[layer, slots] = v.to(self.dtype)
+            self.k_cache[layer].index_copy_(0, slots, k.to(self.dtype))
+            self.v_cache[layer].index_copy_(0, slots, v.to(self.dtype))
             o = paged_attention(q[flat_index], self.k_cache[layer], self.v_cache[layer], tables, ctx, pos_pad, bs,
-                                alibi_slopes=slopes, window=cfg.sliding_window)[valid]  # (N, H, D)
+                                alibi_slopes=slopes, layout=layout)[valid]  # (N, H, D)
             a = att.o_proj(o.reshape(N, att.n_head * att.head_dim))
             x = x + a if blk.prenorm else blk.norm1(x + a)
             f = blk.ffn(blk.norm2(x) if blk.prenorm else x)
