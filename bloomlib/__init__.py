@@ -5,12 +5,15 @@ the Flash-style kernel in bloomlib.kernels; the serving sketch in bloomlib.servi
 """
 from bloomlib.attention import (AttentionSteps, KVCache, MultiHeadAttention, attention_steps,
                                 build_attention_mask, causal_mask, scaled_dot_product_attention)
+from bloomlib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from bloomlib.config import PRESETS, GPTConfig
+from bloomlib.data import TASKS, get_batch, load_corpus, make_task, train_val_split
 from bloomlib.device import autocast, get_device, seed_everything
 from bloomlib.encoder import Encoder, EncoderDecoder
 from bloomlib.model import GPT, Transformer, count_parameters, flops_per_token, load_course_model
 from bloomlib.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
 from bloomlib.sampling import sample_next_token
+from bloomlib.tokenizer import ByteBPETokenizer, CharTokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -19,4 +22,6 @@ __all__ = [
     "scaled_dot_product_attention", "PRESETS", "GPTConfig", "autocast", "get_device", "seed_everything",
     "Encoder", "EncoderDecoder", "GPT", "Transformer", "count_parameters", "flops_per_token", "load_course_model",
     "RotaryEmbedding", "alibi_bias", "alibi_slopes", "sinusoidal_encoding", "sample_next_token",
+    "Checkpoint", "load_checkpoint", "save_checkpoint", "TASKS", "get_batch", "load_corpus", "make_task",
+    "train_val_split", "ByteBPETokenizer", "CharTokenizer", "load_tokenizer",
 ]
