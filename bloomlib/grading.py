@@ -184,19 +184,22 @@ def execute(nb: NotebookNode, timeout: float = 60.0, cwd: Path | None = None) ->
 
 # --------------------------------------------------------------------------------------------- scoring
 def feedback(cell: NotebookNode, hidden: set[str] = frozenset()) -> str:
-    """What went wrong in a test cell, in one line: the exception's message, never its traceback."""
+    """What went wrong in a test cell, in one line: the exception's message, never its traceback, and
+    with any hidden test line (a learner's code could try to print one) blanked out."""
+    text = ""
     for out in cell.get("outputs", []):
         if out.output_type == "error":
             ename, evalue = out.ename, _ANSI.sub("", out.evalue).strip()
             text = evalue if ename == "AssertionError" and evalue else f"{ename}: {evalue}" if evalue else ename
             if ename == "NotImplementedError" and not evalue:
                 text = "NotImplementedError: this answer is not written yet"
-            for line in hidden:
-                text = text.replace(line, "[hidden test]")
-            return text[:_FEEDBACK_CHARS]
+            break
         if out.output_type == "stream" and out.name == "stderr":
-            return "the test cell wrote to stderr (nbgrader scores that 0): " + out.text.strip()[:200]
-    return ""
+            text = "the test cell wrote to stderr (nbgrader scores that 0): " + out.text.strip()
+            break
+    for line in hidden:
+        text = text.replace(line, "[hidden test]")
+    return text[:_FEEDBACK_CHARS]
 
 
 def score(executed: NotebookNode, source: NotebookNode, name: str) -> dict:
@@ -215,8 +218,11 @@ def score(executed: NotebookNode, source: NotebookNode, name: str) -> dict:
             questions.append({"id": m["grade_id"], "score": 0.0, "max_score": float(m["points"]),
                               "feedback": "this cell is missing from the submission"})
             continue
-        points, max_points = determine_grade(cell)
         fb = feedback(cell, hidden) if cell.cell_type == "code" else ""
+        try:
+            points, max_points = determine_grade(cell)
+        except (KeyError, ValueError):  # an odd result value nbgrader cannot read as partial credit
+            points, max_points, fb = 0.0, float(m["points"]), fb or "the test cell's result is not a valid grade"
         if points is None:
             points, fb = 0.0, "graded by hand"
         questions.append({"id": m["grade_id"], "score": float(points), "max_score": float(max_points),

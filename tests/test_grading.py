@@ -346,16 +346,20 @@ def _suffixed(cell, suffix):
 
 @pytest.fixture(scope="module")
 def graded(source, exercise, tmp_path_factory):
-    """One grading run in one kernel, three parts: the untouched exercise (ids ``~blank``), the exercise
-    with the solution's answers (plain ids), then each mistake in its own copy of its question (ids ``~k``)."""
+    """One grading run in one kernel, four parts: the untouched exercise (ids ``~blank``); the solution's
+    answers against the exercise's visible tests only (``~visible``) and against all tests (plain ids);
+    then each mistake in its own copy of its question (ids ``~k``)."""
     lib = tmp_path_factory.mktemp("fakelib")
     (lib / "fakelib.py").write_text("import torch\n\n\ndef causal_mask(n):\n"
                                     "    return torch.ones(n, n, dtype=torch.bool).tril()\n")
     cells = {_gid(c): c for c in source.cells if _gid(c)}
     questions = _questions(source)
     path = nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(lib)!r})")
-    src_cells = [_suffixed(c, "blank") for c in source.cells] + copy.deepcopy(source.cells) + [path]
-    sub_cells = [_suffixed(c, "blank") for c in exercise.cells] + _fill(exercise, source).cells + [path]
+    filled = _fill(exercise, source)
+    src_cells = [_suffixed(c, "blank") for c in source.cells] + [_suffixed(c, "visible") for c in exercise.cells]
+    sub_cells = [_suffixed(c, "blank") for c in exercise.cells] + [_suffixed(c, "visible") for c in filled.cells]
+    src_cells += copy.deepcopy(source.cells) + [path]
+    sub_cells += filled.cells + [path]
     correct = "\n\n".join(_solution_code(cells[a]) for a in ("causal_mask", "scaled_dot_product_attention"))
     for k, (answer, code, _, _) in enumerate(MISTAKES):
         if answer == "padded_causal_attention":  # it calls the learner's causal_mask and attention: make them right
@@ -375,6 +379,13 @@ def test_solution_scores_full_marks(graded, source):
     tests = [t for ts in _questions(source).values() for t in ts]
     assert [graded[t] for t in tests if graded[t]["score"] != graded[t]["max_score"] or graded[t]["feedback"]] == []
     assert sum(graded[t]["max_score"] for t in tests) == 13
+
+
+def test_solution_passes_the_visible_tests_alone(graded, source):
+    """The exercise's visible tests run without the hidden parts (no name defined only in a hidden block)."""
+    for t in [t for ts in _questions(source).values() for t in ts]:
+        q = graded[f"{t}~visible"]
+        assert q["score"] == q["max_score"] and q["feedback"] == "", q
 
 
 def test_untouched_exercise_scores_zero(graded, source):
