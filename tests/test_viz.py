@@ -1,0 +1,91 @@
+"""bloomlib.viz: BertViz views that need no network, and the matplotlib heatmap."""
+from __future__ import annotations
+
+import re
+import sys
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from bloomlib import viz  # noqa: E402
+
+TOKENS = ["the", "cat", "sat", "zebra42"]
+# XML namespace names are identifiers that d3 passes to createElementNS; a browser never fetches them
+NAMESPACES = {"http://www.w3.org/1999/xhtml", "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink",
+              "http://www.w3.org/XML/1998/namespace", "http://www.w3.org/2000/xmlns/"}
+
+
+def _attention(layers=2, heads=3, n=len(TOKENS)):
+    g = torch.Generator().manual_seed(0)
+    return [torch.softmax(torch.randn(1, heads, n, n, generator=g), -1) for _ in range(layers)]
+
+
+def _assert_offline(html: str):
+    urls = set(re.findall(r"[a-z]+://[^\s\"'()<>]*", html))
+    assert urls <= NAMESPACES, urls - NAMESPACES
+    for bad in ("//cdn", "cdnjs", "require.js", "require.config", "requirejs(", "@import"):
+        assert bad not in html, bad
+    assert not re.search(r"<(script|link|img|iframe)[^>]*\b(src|href)\s*=", html)
+
+
+@pytest.mark.parametrize("view", ["head_view", "model_view"])
+def test_views_are_self_contained(view, monkeypatch):
+    monkeypatch.setattr(viz, "_emitted", False)
+    html = getattr(viz, view)(_attention(), TOKENS).data
+    _assert_offline(html)
+    for t in TOKENS:
+        assert f'"{t}"' in html
+    d3 = viz.importlib.resources.files("mpld3").joinpath("js/d3.v5.min.js").read_text()
+    jq = viz.importlib.resources.files("sphinxcontrib.jquery").joinpath("jquery.js").read_text()
+    assert d3.splitlines()[1][:2000] in html and jq[200:2200] in html  # the shipped sources, inlined
+    assert html.count("})(window.jQuery, window.d3);") == 1 and "const params" in html
+    again = getattr(viz, view)(_attention(), TOKENS).data  # the kernel has the libraries now: not repeated
+    _assert_offline(again)
+    assert d3.splitlines()[1][:2000] not in again and len(again) < 50_000
+    assert getattr(viz, view)(_attention(), TOKENS, include_libraries=True).data.count("jQuery v3") == 1
+
+
+def test_attention_values_reach_the_view():
+    att = _attention(layers=1, heads=1)
+    html = viz.head_view(att, TOKENS, include_libraries=False).data
+    params = re.search(r"const params = (\{.*?\});", html).group(1)
+    import json
+
+    got = torch.tensor(json.loads(params)["attention"][0]["attn"])
+    assert torch.allclose(got, att[0], atol=1e-4)
+
+
+def test_bad_attention_shapes_raise_value_error():
+    with pytest.raises(ValueError, match=r"attention\[1\] must have shape \(1, heads, 4, 4\)"):
+        viz.head_view([_attention()[0], torch.rand(1, 2, 3, 3)], TOKENS)
+    with pytest.raises(ValueError, match="non-empty list"):
+        viz.model_view(torch.rand(1, 2, 4, 4), TOKENS)
+
+
+def test_missing_bertviz_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bertviz", None)  # import bertviz now raises ImportError
+    with pytest.raises(ImportError, match="need BertViz: pip install bertviz"):
+        viz.head_view(_attention(), TOKENS)
+
+
+def test_missing_javascript_package_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(viz._LIBRARIES, "d3", ("no_such_package_xyz", "d3.js"))
+    with pytest.raises(ImportError, match="'no_such_package_xyz' package"):
+        viz.inline_js_libraries()
+
+
+def test_plot_attention_draws_the_weights():
+    w = torch.softmax(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)), -1)
+    ax = viz.plot_attention(w, TOKENS, "demo", query_tokens=["q0", "q1", "q2"])
+    assert ax.get_title() == "demo" and ax.get_xlabel().startswith("key") and ax.get_ylabel().startswith("query")
+    assert torch.allclose(torch.as_tensor(ax.images[0].get_array().data), w)
+    assert [t.get_text() for t in ax.get_xticklabels()] == TOKENS
+    assert len(ax.texts) == 12 and ax.texts[0].get_text() == f"{w[0, 0].item():.2f}"
+    with pytest.raises(ValueError, match=r"\(n_queries, n_keys\) = \(3, 4\)"):
+        viz.plot_attention(w.T, TOKENS, "bad", query_tokens=["q0", "q1", "q2"])
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
