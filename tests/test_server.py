@@ -33,7 +33,7 @@ def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "bloomlib.serving.server", "--checkpoint", str(folder),
+    proc = subprocess.Popen([sys.executable, "-m", "bloomlib.cli", "serve", "--checkpoint", str(folder),
                              "--port", str(port), "--max-body-bytes", str(MAX_BODY), "--blocklist", ""],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

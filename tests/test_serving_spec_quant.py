@@ -47,7 +47,7 @@ def test_speculative_greedy_equals_target_greedy(pos):
 
 def test_speculative_sampling_matches_target_distribution():
     """Chi-square of the first two sampled tokens' joint frequencies against the target's exact probabilities."""
-    V, N = 8, 3000
+    V, N = 8, 2000
     target = gpt(0, vocab=V, n_layer=1, d_model=16, std=0.3)
     draft = gpt(5, vocab=V, n_layer=1, d_model=16, std=0.3)
     params = dict(temperature=0.9, top_k=6)
@@ -117,3 +117,18 @@ def test_quantized_model_bytes_loss_and_serving():
         assert LLM(q).generate(prompt, SamplingParams(temperature=0, max_tokens=10))[0].token_ids == ref
     with pytest.raises(ValueError, match="bits"):
         quantize_model(model, bits=3)
+
+
+@pytest.mark.slow
+def test_bench_serve_json_runs(capsys):
+    import json
+
+    from bloomlib.serving import bench
+
+    assert bench.main(["--json", "--requests", "4", "--spec-requests", "1", "--spec-max-tokens", "8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    kv = report["kv_memory"]
+    assert kv["contiguous_utilization"] < kv["paged_utilization"] <= 1.0
+    assert report["quantization"]["int4"]["weight_bytes"] < report["quantization"]["int8"]["weight_bytes"] < \
+        report["quantization"]["fp32"]["weight_bytes"]
+    assert 0 < report["speculative"]["greedy"]["target_passes_per_token"] <= 1.0
