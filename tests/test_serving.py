@@ -103,6 +103,17 @@ def test_batched_greedy_equals_one_at_a_time_with_random_arrivals_and_preemption
         assert one_at_a_time.generate(p, SamplingParams(temperature=0, max_tokens=n))[0].token_ids == ref
 
 
+@pytest.mark.parametrize("over", [dict(prenorm=False, norm="rmsnorm", ffn="swiglu", bias=False, tie_weights=False),
+                                  dict(sliding_window=6, pos_encoding="rope", n_kv_head=1)])
+def test_other_architectures_match_generate(over):
+    torch.manual_seed(3)
+    cfg = dict(vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32) | over
+    model = GPT(GPTConfig(**cfg)).double().eval()
+    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11]]
+    outs = LLM(model, block_size=4).generate(prompts, SamplingParams(temperature=0, max_tokens=15))
+    assert [o.token_ids for o in outs] == [reference(model, p, 15) for p in prompts]
+
+
 def test_prefix_cache_hits_on_shared_system_prompt():
     model = tiny_gpt("rope")
     system = list(range(1, 25))  # 24 tokens = 6 full blocks of 4

@@ -333,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from bloomlib.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except ValueError as e:
+        p.error(str(e))
     if ckpt.tokenizer is None:
         p.error(f"{args.checkpoint} has no tokenizer.json; the server needs one")
     safety = "default" if args.blocklist is None else (
