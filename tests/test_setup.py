@@ -266,3 +266,26 @@ def test_suite_collects_nbval_only_on_lessons_and_solutions():
     notebooks = {f for f in files if f.endswith(".ipynb")}
     assert all(f.startswith(("notebooks/", "solutions/")) for f in notebooks), notebooks
     assert "tests/test_setup.py" in files
+
+
+def test_run_notebooks_executes_in_place_under_the_guard(tmp_path, capsys):
+    """`make notebooks` runner: outputs written back, kernel is this Python, network blocked inside."""
+    import nbformat
+
+    sys.path.insert(0, str(REPO / "tests" / "tools"))
+    try:
+        import run_notebooks
+    finally:
+        sys.path.pop(0)
+    assert run_notebooks.main([str(tmp_path)]) == 0  # no notebooks: nothing to do, not an error
+    assert "nothing to run" in capsys.readouterr().out
+
+    code = ["import sys, socket; print(sys.executable)",
+            "try:\n    socket.create_connection(('192.0.2.1', 80), timeout=2)\nexcept OSError as e:\n    print(e)"]
+    path = tmp_path / "probe.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in code]), path)
+    assert run_notebooks.main([str(path)]) == 0
+    assert re.search(r"probe\.ipynb:\s+[\d.]+ s", capsys.readouterr().out)
+    outputs = [cell.outputs[0]["text"].strip() for cell in nbformat.read(path, as_version=4).cells]
+    assert outputs[0] == sys.executable
+    assert GUARD_MESSAGE in outputs[1]

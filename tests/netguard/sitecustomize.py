@@ -60,34 +60,25 @@ def install() -> None:
     """Patch the socket module (idempotent)."""
     if getattr(socket, "_bloomlib_netguard", False):
         return
-    cls, real_getaddrinfo, real_gethostbyname = socket.socket, socket.getaddrinfo, socket.gethostbyname
-    real_connect, real_connect_ex, real_sendto = cls.connect, cls.connect_ex, cls.sendto
 
-    def connect(self, address):
-        _check(self, address)
-        return real_connect(self, address)
+    def guard_socket(real, address_at):  # connect(address), connect_ex(address), sendto(data[, flags], address)
+        def method(self, *args):
+            if len(args) > address_at:
+                _check(self, args[-1])
+            return real(self, *args)
+        return method
 
-    def connect_ex(self, address):
-        _check(self, address)
-        return real_connect_ex(self, address)
+    def guard_lookup(real):  # getaddrinfo(host, ...), gethostbyname(host)
+        def lookup(host, *args, **kwargs):
+            if not _is_local_name(host):
+                raise NetworkBlockedError(f"{MESSAGE}: tried to resolve {host!r}")
+            return real(host, *args, **kwargs)
+        return lookup
 
-    def sendto(self, data, *args):
-        if args:
-            _check(self, args[-1])
-        return real_sendto(self, data, *args)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if not _is_local_name(host):
-            raise NetworkBlockedError(f"{MESSAGE}: tried to resolve {host!r}")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    def gethostbyname(host):
-        if not _is_local_name(host):
-            raise NetworkBlockedError(f"{MESSAGE}: tried to resolve {host!r}")
-        return real_gethostbyname(host)
-
-    cls.connect, cls.connect_ex, cls.sendto = connect, connect_ex, sendto
-    socket.getaddrinfo, socket.gethostbyname = getaddrinfo, gethostbyname
+    cls = socket.socket
+    cls.connect, cls.connect_ex = guard_socket(cls.connect, 0), guard_socket(cls.connect_ex, 0)
+    cls.sendto = guard_socket(cls.sendto, 1)
+    socket.getaddrinfo, socket.gethostbyname = guard_lookup(socket.getaddrinfo), guard_lookup(socket.gethostbyname)
     socket._bloomlib_netguard = True
 
 

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if not notebooks:
         print(f"no notebooks found in {' '.join(argv or ['notebooks', 'solutions'])}; nothing to run")
         return 0
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(NETGUARD)]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), *paths])  # kernels load the network guard
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONHASHSEED="0")
     failed = []
     for path in notebooks:
