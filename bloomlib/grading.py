@@ -48,8 +48,8 @@ def _is_protected(cell: NotebookNode) -> bool:
 
 # ---------------------------------------------------------------------------------------------- release
 def release_notebook(nb: NotebookNode) -> NotebookNode:
-    """Student version of a source notebook, made by the preprocessors of ``nbgrader generate_assignment``
-    in the same order, less the two that need a course database (SaveCells) or header files."""
+    """Student version of a source notebook: the preprocessors of ``nbgrader generate_assignment`` in its
+    order, less SaveCells (course database), IncludeHeaderFooter and InstantiateTests (unused here)."""
     from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearMarkScheme, ClearOutput,
                                         ClearSolutions, ComputeChecksums, LockCells)
 
