@@ -6,6 +6,7 @@ the same precision, plus a small floor. Triton kernels run through the interpret
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -174,11 +175,11 @@ def test_softmax_scale_is_used():
 # ---------------------------------------------------------------- tiles, masks, gradcheck, memory
 def test_output_does_not_depend_on_tile_sizes():
     gen = torch.Generator().manual_seed(3)
-    q = torch.randn(1, 4, 70, 16, generator=gen, dtype=torch.float64)
-    k, v = (torch.randn(1, 2, 90, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    q = torch.randn(1, 2, 70, 16, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(1, 1, 90, 16, generator=gen, dtype=torch.float64) for _ in range(2))
     for causal, window in ((False, None), (True, None), (True, 20)):
         ref, _ = plain_attention(q, k, v, causal, window)
-        for bm, bn in ((1, 1), (16, 32), (32, 16), (7, 13), (128, 128)):
+        for bm, bn in ((1, 128), (16, 32), (32, 16), (7, 13), (128, 128)):
             o, _ = tiled.flash_forward(q, k, v, causal, None, window, bm, bn)
             torch.testing.assert_close(o, ref, atol=1e-12, rtol=0)
         q32, k32, v32 = q.float(), k.float(), v.float()
@@ -247,7 +248,7 @@ def largest(shapes) -> int:
 
 
 def test_tiled_never_creates_an_n_q_by_n_k_tensor():
-    B, H, n_q, n_k, d = 1, 2, 256, 192, 16
+    B, H, n_q, n_k, d = 1, 2, 160, 128, 16
     q = torch.randn(B, H, n_q, d, requires_grad=True)
     k, v = (torch.randn(B, H, n_k, d, requires_grad=True) for _ in range(2))
     with ShapeRecorder() as plain:
@@ -349,12 +350,23 @@ def test_unsupported_head_dim_falls_back_to_tiled_when_backend_is_auto():
     torch.testing.assert_close(flash_attention(q, q, q), F.scaled_dot_product_attention(q, q, q))
 
 
+def test_bench_flash_cpu_reports_memory(capsys):
+    from bloomlib.kernels import bench
+
+    assert bench.main(["--cpu", "--n", "64", "128", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    mem = {(r["impl"], r["n"]): r["largest_bytes"] for r in result["memory"]}
+    assert mem[("plain", 128)] >= 4 * 128 * 128 * 4  # B1 H4 n x n fp32 scores
+    assert mem[("flash", 128)] < mem[("plain", 128)] and mem[("flash", 128)] <= 4 * 128 * 64 * 4
+    assert {t["backend"] for t in result["timing"]} == {"torch", "triton"}
+
+
 # ---------------------------------------------------------------- GPU (native Triton)
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("d", [16, 64, 128])
+@pytest.mark.parametrize("d", [16, 128])
 def test_gpu_native(dtype, causal, d):
     check("triton", 2, 8, 2, 1000, 1000, d, causal, None, dtype, device="cuda")
     check("triton", 1, 4, 4, 77, 1000, d, causal, 256, dtype, device="cuda")
