@@ -19,8 +19,8 @@ from bloomlib.config import GPTConfig
 from bloomlib.data import get_batch, load_corpus, train_val_split
 from bloomlib.device import autocast, get_device, seed_everything
 
-COURSE_COMMAND = "python -m bloomlib.train --preset course --steps 1500 --out bloomlib/assets/course_model"
-DRAFT_COMMAND = ("python -m bloomlib.train --preset draft --steps 1500 --tokenizer-from bloomlib/assets/course_model "
+COURSE_COMMAND = "python -m bloomlib.train --preset course --out bloomlib/assets/course_model"
+DRAFT_COMMAND = ("python -m bloomlib.train --preset draft --tokenizer-from bloomlib/assets/course_model "
                  "--out bloomlib/assets/draft_model")
 
 
@@ -28,8 +28,8 @@ DRAFT_COMMAND = ("python -m bloomlib.train --preset draft --steps 1500 --tokeniz
 class TrainConfig:
     """Optimisation settings (nanoGPT's defaults, scaled down for a laptop CPU)."""
 
-    steps: int = 1500
-    batch_size: int = 16
+    steps: int = 1200
+    batch_size: int = 8
     seq_len: int | None = None  # training sequence length; None means the model's block_size
     lr: float = 3e-3
     min_lr: float = 3e-4
@@ -37,7 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    eval_interval: int = 250
+    eval_interval: int = 100
     eval_batches: int = 20
     seed: int = 0
 
