@@ -215,7 +215,7 @@ def _config(q: torch.Tensor, k: torch.Tensor, causal: bool, window: int | None, 
         bm, bn = (64, 64) if backward else (128 if d <= 64 else 64, 64)
     return dict(n_q=q.shape[2], n_k=k.shape[2], H=q.shape[1], GROUP=q.shape[1] // k.shape[1],
                 window=window or 0, CAUSAL=causal or window is not None, WINDOW=window is not None,
-                PREC="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 dots would default to TF32 on GPU
+                PREC="ieee" if q.dtype == torch.float32 else None,  # fp32 dots would default to TF32 on GPU
                 BLOCK_M=block_m or bm, BLOCK_N=block_n or bn, D=d, num_warps=4 if d <= 64 else 8, num_stages=2)
 
 
