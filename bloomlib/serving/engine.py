@@ -107,19 +107,15 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
-        """One prefill or decode step; returns an output for every sequence that got a token."""
-        seqs, is_prefill = self.scheduler.schedule()
+        """One scheduler step (decodes and admitted prefills in one forward pass); an output per sequence."""
+        seqs = self.scheduler.schedule()
         if not seqs:
             return []
-        if is_prefill:
-            starts = [s.num_cached_tokens for s in seqs]
-            tokens = [s.token_ids[st:] for s, st in zip(seqs, starts)]
-        else:
-            starts = [len(s) - 1 for s in seqs]
-            tokens = [[s.token_ids[-1]] for s in seqs]
-        logits = self.runner.forward(tokens, starts, [s.block_table for s in seqs])
+        logits = self.runner.forward([s.token_ids[s.num_computed:] for s in seqs], [s.num_computed for s in seqs],
+                                     [s.block_table for s in seqs])
         outputs = []
         for seq, tok in zip(seqs, sample(logits, seqs)):
+            seq.num_computed = len(seq)
             self.bm.register_full_blocks(seq, len(seq))
             seq.append_token(tok, self.eos_id)
             new_text = seq.take_text()

@@ -83,6 +83,23 @@ class ModelRunner:
         c = self.config
         return 2 * c.n_layer * c.n_kv_head * c.head_dim * self.k_cache.element_size()
 
+    def _group(self, rows: list[int], lens, starts, offsets, block_tables):
+        """Padded (len(rows), T) views of some sequences' queries, and their attention layout."""
+        dev, T = self.device, max(lens[i] for i in rows)
+        pos_pad = torch.zeros(len(rows), T, dtype=torch.long, device=dev)  # padding queries sit at position 0
+        flat_index = torch.zeros(len(rows), T, dtype=torch.long, device=dev)
+        valid = torch.zeros(len(rows), T, dtype=torch.bool, device=dev)
+        for j, i in enumerate(rows):
+            n = lens[i]
+            pos_pad[j, :n] = torch.arange(starts[i], starts[i] + n)
+            flat_index[j, :n] = torch.arange(offsets[i], offsets[i] + n)
+            valid[j, :n] = True
+        width = max(len(block_tables[i]) for i in rows)
+        tables = torch.tensor([block_tables[i] + [0] * (width - len(block_tables[i])) for i in rows], device=dev)
+        ctx = torch.tensor([starts[i] + lens[i] for i in rows], device=dev)
+        layout = attention_layout(tables, ctx, pos_pad, self.block_size, self.config.sliding_window)
+        return flat_index, valid, pos_pad, tables, ctx, layout
+
     @torch.no_grad()
     def forward(self, tokens: list[list[int]], starts: list[int], block_tables: list[list[int]],
                 last_only: bool = True) -> torch.Tensor | list[torch.Tensor]:
@@ -95,22 +112,18 @@ class ModelRunner:
             raise ValueError("every sequence must feed at least one token")
         if max(s + n for s, n in zip(starts, lens)) > cfg.block_size:
             raise ValueError(f"a sequence is longer than the context window (block_size={cfg.block_size})")
-        B, T, N = len(tokens), max(lens), sum(lens)
+        N, offsets = sum(lens), [0]
+        for n in lens:
+            offsets.append(offsets[-1] + n)
         ids = torch.tensor([t for seq in tokens for t in seq], dtype=torch.long, device=dev)
-        pos_pad = torch.zeros(B, T, dtype=torch.long, device=dev)   # padding queries sit at position 0
-        valid = torch.zeros(B, T, dtype=torch.bool, device=dev)
-        for i, (s, n) in enumerate(zip(starts, lens)):
-            pos_pad[i, :n] = torch.arange(s, s + n)
-            valid[i, :n] = True
-        pos = pos_pad[valid]                                              # (N,)
-        flat_index = torch.full((B, T), 0, dtype=torch.long, device=dev)
-        flat_index[valid] = torch.arange(N, device=dev)
-        width = max(len(b) for b in block_tables)
-        tables = torch.tensor([b + [0] * (width - len(b)) for b in block_tables], dtype=torch.long, device=dev)
-        slots = slot_mapping(tables, pos_pad, bs)[valid]                  # (N,)
-        ctx = torch.tensor([s + n for s, n in zip(starts, lens)], device=dev)
+        pos = torch.tensor([p for s, n in zip(starts, lens) for p in range(s, s + n)], device=dev)   # (N,)
+        slots = torch.tensor([b[p // bs] * bs + p % bs for b, s, n in zip(block_tables, starts, lens)
+                              for p in range(s, s + n)], device=dev)                                  # (N,)
         slopes = getattr(tr, "alibi_slopes", None) if cfg.pos_encoding == "alibi" else None
-        layout = attention_layout(tables, ctx, pos_pad, bs, cfg.sliding_window)
+        # decoding sequences (one query) and prefilling ones attend separately, so that one long prompt
+        # does not pad every decode query to its length
+        groups = [self._group(rows, lens, starts, offsets, block_tables) for rows in
+                  ([i for i, n in enumerate(lens) if n == 1], [i for i, n in enumerate(lens) if n > 1]) if rows]
 
         x = tr.embed(ids[None], pos)[0]                                   # (N, d_model)
         for layer, blk in enumerate(tr.blocks):
@@ -124,8 +137,11 @@ class ModelRunner:
                 k = tr.rope(k.transpose(0, 1)[None], pos)[0].transpose(0, 1)
             self.k_cache[layer].index_copy_(0, slots, k.to(self.dtype))
             self.v_cache[layer].index_copy_(0, slots, v.to(self.dtype))
-            o = paged_attention(q[flat_index], self.k_cache[layer], self.v_cache[layer], tables, ctx, pos_pad, bs,
-                                alibi_slopes=slopes, layout=layout)[valid]  # (N, H, D)
+            o = torch.empty_like(q)                                       # (N, H, D)
+            for flat_index, valid, pos_pad, tables, ctx, layout in groups:
+                o[flat_index[valid]] = paged_attention(q[flat_index], self.k_cache[layer], self.v_cache[layer],
+                                                       tables, ctx, pos_pad, bs, alibi_slopes=slopes,
+                                                       layout=layout)[valid]
             a = att.o_proj(o.reshape(N, att.n_head * att.head_dim))
             x = x + a if blk.prenorm else blk.norm1(x + a)
             f = blk.ffn(blk.norm2(x) if blk.prenorm else x)

@@ -1,9 +1,10 @@
 """Continuous batching (Orca / vLLM / nano-vllm): which sequences run in the next step.
 
-A step is either all prefill (admit waiting requests while blocks, a sequence limit and a token budget
-allow) or all decode (one token for every running sequence). When a decoding sequence needs a block and
-none is free, the most recently admitted running sequence is preempted: its blocks are freed and it goes
-back to the front of the waiting queue, to be recomputed from its tokens later.
+Every step decodes one token for each running sequence and, in the same forward pass, prefills the
+waiting requests it can admit (while blocks, a sequence limit and a per-step token budget allow), so an
+arrival never stalls the running batch for a step. When a decoding sequence needs a block and none is
+free, the most recently admitted running sequence is preempted: its blocks are freed and it goes back
+to the front of the waiting queue, to be recomputed from its tokens later.
 """
 from __future__ import annotations
 
@@ -26,20 +27,11 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> tuple[list[Sequence], bool]:
-        """Returns (sequences, is_prefill)."""
-        scheduled, num_tokens = [], 0
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
-            if scheduled and num_tokens + len(seq) > self.max_num_batched_tokens or not self.bm.can_allocate(seq):
-                break
-            self.bm.allocate(seq)
-            num_tokens += len(seq) - seq.num_cached_tokens
-            seq.status = Status.RUNNING
-            self.running.append(self.waiting.popleft())
-            scheduled.append(seq)
-        if scheduled:
-            return scheduled, True
+    def schedule(self) -> list[Sequence]:
+        """The sequences to run this step: each running one decodes a token (the newest are preempted when
+        blocks run out), then waiting ones are admitted for prefill while the sequence limit, free blocks
+        and the token budget allow. Each feeds token_ids[num_computed:]."""
+        scheduled = []
         while self.running:
             seq = self.running.popleft()
             while not self.bm.can_grow(seq, len(seq)):
@@ -52,7 +44,18 @@ class Scheduler:
                 self.bm.grow(seq, len(seq))
                 scheduled.append(seq)
         self.running.extend(scheduled)
-        return scheduled, False
+        num_tokens = len(scheduled)
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if scheduled and num_tokens + len(seq) > self.max_num_batched_tokens or not self.bm.can_allocate(seq):
+                break
+            self.bm.allocate(seq)
+            seq.num_computed = seq.num_cached_tokens
+            num_tokens += len(seq) - seq.num_computed
+            seq.status = Status.RUNNING
+            self.running.append(self.waiting.popleft())
+            scheduled.append(seq)
+        return scheduled
 
     def preempt(self, seq: Sequence) -> None:
         seq.status = Status.WAITING

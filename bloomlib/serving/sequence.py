@@ -115,6 +115,7 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_ids)
         self.block_table: list[int] = []
         self.num_cached_tokens = 0       # prompt tokens whose KV came from the prefix cache
+        self.num_computed = 0            # tokens whose KV is in the cache
         self.status, self.finish_reason = Status.WAITING, None
         self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

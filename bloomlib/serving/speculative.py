@@ -26,12 +26,15 @@ class SpecStats:
     generated: int = 0       # tokens emitted
     proposed: int = 0        # draft tokens scored by the target
     accepted: int = 0        # draft tokens kept
+    rejected: int = 0        # draft tokens rejected (at most one per target pass; later proposals go unjudged)
     target_passes: int = 0   # target forward passes
     draft_passes: int = 0
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
+        """Kept / judged draft tokens: an estimate of the paper's alpha = E[sum min(p, q)]."""
+        judged = self.accepted + self.rejected
+        return self.accepted / judged if judged else 0.0
 
     @property
     def target_passes_per_token(self) -> float:
@@ -100,6 +103,7 @@ class SpeculativeDecoder:
                     continue
                 residual = (p - q).clamp(min=0)
                 emitted.append(self._draw(residual / residual.sum(), g))
+                st.rejected += 1
                 break
             else:
                 emitted.append(self._draw(ps[gamma], g))
