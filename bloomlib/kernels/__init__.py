@@ -91,16 +91,16 @@ def _pick(q: Tensor, backend: str | None) -> tuple[str, bool]:
     interpret = _interpret_env() or not q.is_cuda
     if backend is None and not (q.is_cuda or _interpret_env()):
         return "torch", False
+    why = triton_unsupported(q)
+    if why is not None:
+        if backend == "triton":
+            raise ValueError(f"flash_attention: {why} (use backend='torch' for other shapes and dtypes)")
+        return "torch", False
     if _TRITON_ERROR is not None:
         if not _warned:
             warnings.warn(f"Triton is not installed ({_TRITON_ERROR}); flash_attention uses the tiled PyTorch version",
                           stacklevel=3)
             _warned = True
-        return "torch", False
-    why = triton_unsupported(q)
-    if why is not None:
-        if backend == "triton":
-            raise ValueError(f"flash_attention: {why} (use backend='torch' for other shapes and dtypes)")
         return "torch", False
     return "triton", interpret
 
