@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -152,8 +153,14 @@ def parse_params(body: dict, prompt_len: int, context: int) -> SamplingParams:
 
 def build_app(engine: LLMEngine, model_name: str, max_body_bytes: int = 1 << 20) -> FastAPI:
     """The FastAPI app serving `engine` under the name `model_name`."""
-    app = FastAPI(title="bloomlib serve")
     core = AsyncEngine(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        core.shutdown()
+
+    app = FastAPI(title="bloomlib serve", lifespan=lifespan)
     app.state.engine = core
     tok, context = engine.tokenizer, engine.context
 
@@ -306,10 +313,6 @@ def build_app(engine: LLMEngine, model_name: str, max_body_bytes: int = 1 << 20)
         lines = [f"bloomlib_{k} {float(v)}" for k, v in m.items()]
         lines.append(f"bloomlib_queue_length {float(m['waiting'])}")
         return PlainTextResponse("\n".join(lines) + "\n")
-
-    @app.on_event("shutdown")
-    async def stop_engine():
-        core.shutdown()
 
     return app
 
