@@ -265,6 +265,8 @@ class MultiHeadAttention(nn.Module):
             if mask is not None or bias is not None:
                 raise ValueError("attn_backend='flash' supports causal and sliding-window masks only, "
                                  "not padding masks or ALiBi; use 'sdpa' or 'math'")
+            if dropout > 0:
+                raise ValueError("attn_backend='flash' has no attention dropout: set dropout=0 or use 'sdpa'")
             from bloomlib.kernels import flash_attention
             return flash_attention(q, k, v, causal=causal, window=window), None
         k, v = repeat_kv(k, self.n_head // self.n_kv_head), repeat_kv(v, self.n_head // self.n_kv_head)
