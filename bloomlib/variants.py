@@ -56,24 +56,21 @@ class PatchEmbedding(nn.Module):
         return torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
 
 
-def hz_to_mel(f):
-    """HTK mel scale: 2595 log10(1 + f / 700)."""
-    return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / 700.0)
-
-
-def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0,
-                   f_max: float | None = None) -> torch.Tensor:
-    """(n_freqs, n_mels) triangular filters on the FFT bins 0 .. sample_rate/2, centres evenly spaced in mel."""
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n_freqs, n_mels) triangular filters on the FFT bins 0 .. sample_rate/2, centres evenly spaced in mel
+    (HTK scale: mel = 2595 log10(1 + f / 700))."""
     f_max = sample_rate / 2 if f_max is None else f_max
     if n_freqs < 2 or n_mels < 1 or not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"need n_freqs >= 2, n_mels >= 1 and 0 <= f_min < f_max <= sample_rate/2, got "
                          f"n_freqs={n_freqs}, n_mels={n_mels}, f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}")
-    mels = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64)
+    mels = torch.linspace(2595.0 * math.log10(1.0 + f_min / 700.0), 2595.0 * math.log10(1.0 + f_max / 700.0),
+                          n_mels + 2, dtype=torch.float64)
     edges = 700.0 * (10 ** (mels / 2595.0) - 1.0)  # n_mels + 2 frequencies: left, centre, right of each triangle
     freqs = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)[:, None]
     left, centre, right = edges[:-2], edges[1:-1], edges[2:]
     up, down = (freqs - left) / (centre - left), (right - freqs) / (right - centre)
-    return torch.clamp(torch.minimum(up, down), min=0.0).float()
+    return torch.clamp(torch.minimum(up, down), min=0.0).to(dtype)
 
 
 def mel_spectrogram(signal: torch.Tensor, sample_rate: int, n_fft: int = 400, hop: int = 160,
@@ -89,7 +86,7 @@ def mel_spectrogram(signal: torch.Tensor, sample_rate: int, n_fft: int = 400, ho
     spec = torch.stft(flat, n_fft, hop, window=torch.hann_window(n_fft, dtype=signal.dtype, device=signal.device),
                       center=True, pad_mode="reflect", return_complex=True)
     power = spec.abs() ** 2  # (N, n_fft // 2 + 1, n_frames)
-    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate).to(power)
+    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, dtype=power.dtype).to(power.device)
     return (fb.T @ power).reshape(*signal.shape[:-1], n_mels, power.shape[-1])
 
 

@@ -49,8 +49,11 @@ def test_mel_filterbank_vs_transformers():
     audio_utils = pytest.importorskip("transformers.audio_utils")
     fb = mel_filterbank(201, 40, 16000, f_min=0.0, f_max=8000.0)
     ref = audio_utils.mel_filter_bank(201, 40, 0.0, 8000.0, 16000, norm=None, mel_scale="htk")
-    assert fb.shape == (201, 40)
+    assert fb.shape == (201, 40) and fb.dtype == torch.float32
     np.testing.assert_allclose(fb.numpy(), ref, rtol=1e-5, atol=1e-6)
+    fb64 = mel_filterbank(201, 40, 16000, f_min=300.0, f_max=7000.0, dtype=torch.float64)
+    ref = audio_utils.mel_filter_bank(201, 40, 300.0, 7000.0, 16000, norm=None, mel_scale="htk")
+    np.testing.assert_allclose(fb64.numpy(), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_mel_filterbank_rows_sum_to_one_between_first_and_last_centre():
@@ -74,7 +77,7 @@ def test_mel_spectrogram_vs_direct_dft_and_transformers():
     seg = padded[frame * hop: frame * hop + n_fft] * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft))
     k = np.arange(n_fft // 2 + 1)[:, None]
     dft = (seg[None, :] * np.exp(-2j * np.pi * k * np.arange(n_fft)[None, :] / n_fft)).sum(1)
-    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sr).double().numpy()
+    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sr, dtype=torch.float64).numpy()
     np.testing.assert_allclose(mel[:, frame].numpy(), fb.T @ np.abs(dft) ** 2, rtol=1e-9, atol=1e-9)
     audio_utils = pytest.importorskip("transformers.audio_utils")
     ref = audio_utils.spectrogram(x, audio_utils.window_function(n_fft, "hann"), n_fft, hop, power=2.0,
