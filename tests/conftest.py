@@ -11,6 +11,11 @@ import pytest
 collect_ignore_glob = ["*.ipynb"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives JupyterLab in headless Chromium (skips without "
+                                       "/usr/bin/chromium; fails without it under CI=true)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not any(item.get_closest_marker("gpu") for item in items):
         return
