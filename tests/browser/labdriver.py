@@ -1,0 +1,384 @@
+"""Drive JupyterLab in headless Chromium: start a server, restart-and-run-all a notebook, report what a
+learner would see (error outputs, widgets that never answer, figures and BertViz views that do not render).
+
+Used by test_browser.py; runnable alone for a quick look: `python tests/browser/labdriver.py NB.ipynb ...`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+# flags that keep Chromium from hanging on a closed network (no updates, sync, QUIC probes)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+INSTALL_HINT = "sudo apt-get install chromium   (Debian/Ubuntu; Playwright's own browser download is not used)"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+# user settings for the test's own JupyterLab: no news popup, every cell in the DOM, no autosave
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LabServer:
+    """JupyterLab on a free loopback port with a random token, config/data/settings in `work`, serving `root`.
+    The server runs with this interpreter, so kernels are this environment's python (python3 spec)."""
+
+    def __init__(self, root: Path, work: Path) -> None:
+        self.root, self.work = Path(root), Path(work)
+        self.port, self.token = free_port(), secrets.token_hex(16)
+        self.proc: subprocess.Popen | None = None
+        self.log = self.work / "jupyterlab.log"
+
+    def start(self, timeout: float = 90.0) -> "LabServer":
+        env = dict(os.environ)
+        for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                         ("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+                         ("JUPYTERLAB_WORKSPACES_DIR", "workspaces")]:
+            env[var] = str(self.work / sub)
+            (self.work / sub).mkdir(parents=True, exist_ok=True)
+        for plugin, values in LAB_SETTINGS.items():
+            path = self.work / "settings" / f"{plugin}.jupyterlab-settings"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(values))
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+               f"--port={self.port}", "--port-retries=0", f"--ServerApp.token={self.token}",
+               f"--ServerApp.root_dir={self.root}", "--LabApp.expose_app_in_browser=True",
+               "--LabApp.news_url=None", "--ServerApp.open_browser=False"]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     cwd=self.root)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/api/status?token={self.token}", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"JupyterLab did not answer within {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str, workspace: str) -> str:
+        return f"{self.base}/lab/workspaces/{workspace}/tree/{path}?reset&token={self.token}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "LabServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@contextmanager
+def chromium(work: Path):
+    """A headless Debian Chromium through Playwright (fresh profile in `work`)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                     env={**os.environ, "HOME": str(work)})
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# --- JavaScript run in the page (window.jupyterapp is exposed by --LabApp.expose_app_in_browser) ---
+_FIND = """(path) => Array.from(window.jupyterapp.shell.widgets('main'))
+                        .find(w => w.context && w.context.path === path && w.content && w.content.widgets)"""
+JS_READY = f"""(path) => {{
+  if (!window.jupyterapp) return false;
+  const w = ({_FIND})(path);
+  return !!(w && w.context.isReady && w.sessionContext.session && w.sessionContext.session.kernel
+            && w.sessionContext.session.kernel.status === 'idle');
+}}"""
+JS_RESTART_RUN_ALL = f"""(path) => {{
+  const w = ({_FIND})(path);
+  window.__bl_statuses = [];
+  w.sessionContext.statusChanged.connect((_, s) => window.__bl_statuses.push(s));
+  window.jupyterapp.shell.activateById(w.id);
+  window.jupyterapp.commands.execute('notebook:restart-run-all');  // not awaited: it waits on a dialog
+}}"""
+JS_PROGRESS = f"""(path) => {{
+  const w = ({_FIND})(path);
+  const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
+  const code = w.content.widgets.filter(c => c.model.type === 'code');
+  const prompts = code.map(c => (c.node.querySelector('.jp-InputPrompt') || {{}}).textContent || '');
+  return {{status: kernel ? kernel.status : 'none', statuses: window.__bl_statuses || [],
+           queued: prompts.filter(p => p.includes('*')).length,
+           executed: code.filter(c => c.model.executionCount !== null).length, code: code.length}};
+}}"""
+JS_REPORT = f"""(path) => {{
+  const w = ({_FIND})(path);
+  return w.content.widgets.map((c, index) => {{
+    const cell = {{index, type: c.model.type, tags: c.model.getMetadata('tags') || [],
+                  nbgrader: c.model.getMetadata('nbgrader') || null, source: c.model.sharedModel.getSource()}};
+    if (c.model.type !== 'code') return cell;
+    cell.executionCount = c.model.executionCount;
+    const area = c.outputArea.node, children = Array.from(area.querySelectorAll(':scope > .jp-OutputArea-child'));
+    cell.outputs = c.model.outputs.toJSON().map((o, i) => ({{
+      type: o.output_type, ename: o.ename || null, evalue: o.evalue || null,
+      mimes: o.data ? Object.keys(o.data) : [],
+      plain: o.data && o.data['text/plain'] ? [].concat(o.data['text/plain']).join('').slice(0, 300) : null,
+      dom: children[i] ? {{widget: !!children[i].querySelector('.jupyter-widgets'),
+                          text: children[i].innerText.slice(0, 300)}} : null}}));
+    cell.text = area.innerText.slice(0, 100000);
+    cell.images = Array.from(area.querySelectorAll('img')).map(i => ({{complete: i.complete, width: i.naturalWidth}}))
+      .concat(Array.from(area.querySelectorAll('.jp-RenderedSVG svg')).map(s => ({{complete: true,
+        width: s.getBoundingClientRect().width}})));
+    cell.bertviz = Array.from(area.querySelectorAll('[id^="bertviz-"]')).map(v => ({{
+      id: v.id, svgElements: v.querySelectorAll('svg *').length, text: v.innerText.slice(0, 300)}}));
+    return cell;
+  }});
+}}"""
+JS_MARK_WIDGETS = f"""(path) => {{  // tag the DOM of every widget output: data-bl-widget="cell.output"
+  const w = ({_FIND})(path);
+  let n = 0;
+  w.content.widgets.forEach((c, index) => {{
+    if (c.model.type !== 'code') return;
+    const children = Array.from(c.outputArea.node.querySelectorAll(':scope > .jp-OutputArea-child'));
+    c.model.outputs.toJSON().forEach((o, i) => {{
+      if (o.data && o.data['{WIDGET_MIME}'] && children[i]) {{ children[i].setAttribute('data-bl-widget', `${{index}}.${{i}}`); n++; }}
+    }});
+  }});
+  return n;
+}}"""
+JS_SHUTDOWN = f"""async (path) => {{ const w = ({_FIND})(path); if (w) {{ await w.sessionContext.shutdown(); }} }}"""
+
+FIGURE_TEXT = re.compile(r"<Figure size \d+x\d+ with \d+ Axes>")
+WIDGET_FAILED = re.compile(r"Error displaying widget|Loading widget|Failed to load model")
+JS_ERRORS = ("require is not defined", "Javascript Error")
+
+
+@dataclass
+class Run:
+    """One notebook driven in the browser: its cells as the page shows them, problems found, timings."""
+
+    path: str
+    cells: list[dict] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    clicks: list[str] = field(default_factory=list)  # widget interactions that got no feedback
+    n_clicks: int = 0
+    seconds: float = 0.0
+    screenshot: Path | None = None
+
+    def code_cells(self) -> list[dict]:
+        return [c for c in self.cells if c["type"] == "code"]
+
+
+def _wait_done(page, path: str, timeout: float) -> None:
+    """Wait until the kernel restarted, ran what was queued, and sits idle (three polls in a row)."""
+    deadline, calm = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        p = page.evaluate(JS_PROGRESS, path)
+        restarted = any(s in ("restarting", "autorestarting", "starting") for s in p["statuses"])
+        done = restarted and p["status"] == "idle" and not p["queued"] and (p["executed"] or not p["code"])
+        calm = calm + 1 if done else 0
+        if calm >= 3:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{path}: still running after {timeout:.0f} s (last progress: {p})")
+
+
+def _click_widgets(page, path: str) -> tuple[int, list[str]]:
+    """Answer every quiz question (first choice, then its button) and flip every flashcard deck; each click
+    must change the widget's text, which only the kernel can do. Returns (clicks made, silent clicks)."""
+    page.evaluate(JS_MARK_WIDGETS, path)
+    clicks, silent = 0, []
+    outputs = page.locator("[data-bl-widget]")
+    for n in range(outputs.count()):
+        out = outputs.nth(n)
+        cell, _ = out.get_attribute("data-bl-widget").split(".")
+        where = f"cell {cell}: widget"
+        questions = out.locator(".widget-radio-box")
+        targets = []
+        for q in range(questions.count()):
+            box = questions.nth(q).locator("xpath=ancestor::div[contains(@class, 'widget-vbox')][1]")
+            questions.nth(q).locator("input[type=radio]").first.check()
+            targets.append((f"{where} question {q + 1}", box, box.locator("button.jupyter-button").first))
+        if not targets:
+            buttons = out.locator("button.jupyter-button")
+            if not buttons.count():
+                continue  # a widget with nothing to click (a slider, a label...)
+            flip = out.locator("button.jupyter-button", has_text="Flip")
+            targets.append((where, out, flip.first if flip.count() else buttons.first))
+        for label, box, button in targets:
+            box.scroll_into_view_if_needed()
+            before = box.inner_text()
+            button.click()
+            clicks += 1
+            try:
+                page.wait_for_function("([el, before]) => el.innerText !== before", arg=[box.element_handle(), before],
+                                       timeout=15000)
+            except Exception:
+                silent.append(f"{label}: no feedback after clicking {button.inner_text()!r} "
+                              f"(text stayed {before[-120:]!r})")
+    return clicks, silent
+
+
+def run_notebook(browser, server: LabServer, path: str, *, timeout: float = 900.0,
+                 screenshot: Path | None = None, interact: bool = True) -> Run:
+    """Open `path` (relative to the server root), restart the kernel and run all cells, wait for idle,
+    click every widget, and return what the page shows."""
+    start = time.monotonic()
+    run = Run(path)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("pageerror", lambda e: run.page_errors.append(str(e)))
+    try:
+        page.goto(server.url(path, "bl" + secrets.token_hex(4)))
+        page.wait_for_function(JS_READY, arg=path, timeout=60000, polling=250)
+        page.evaluate(JS_RESTART_RUN_ALL, path)
+        accept = page.locator(".jp-Dialog .jp-mod-accept")
+        accept.wait_for(timeout=30000)
+        accept.click()
+        _wait_done(page, path, timeout)
+        if interact:
+            run.n_clicks, run.clicks = _click_widgets(page, path)
+        run.cells = page.evaluate(JS_REPORT, path)
+        if screenshot:
+            bad = [c["index"] for c in problems_cells(run)]
+            if bad:
+                page.locator(".jp-Notebook .jp-Cell").nth(bad[0]).scroll_into_view_if_needed()
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot))
+            run.screenshot = screenshot
+        page.evaluate(JS_SHUTDOWN, path)
+    finally:
+        page.close()
+        run.seconds = time.monotonic() - start
+    return run
+
+
+def _errors(cell: dict) -> list[dict]:
+    return [o for o in cell.get("outputs", []) if o["type"] == "error"]
+
+
+def cell_problems(cell: dict) -> list[str]:
+    """What is wrong with one executed code cell as displayed (besides error outputs)."""
+    out = []
+    n_images = sum(any(m in IMAGE_MIMES for m in o["mimes"]) for o in cell["outputs"])
+    shown = [i for i in cell["images"] if i["complete"] and i["width"] > 0]
+    if len(shown) < n_images:
+        out.append(f"{n_images - len(shown)} of {n_images} image(s) did not render")
+    for o in cell["outputs"]:
+        if o["plain"] and FIGURE_TEXT.search(o["plain"]) and not any(m in IMAGE_MIMES for m in o["mimes"]):
+            out.append(f"a matplotlib figure shows as text only: {o['plain'][:80]!r}")
+    for o in cell["outputs"]:
+        if WIDGET_MIME in o["mimes"] and not (o["dom"] and o["dom"]["widget"] and not WIDGET_FAILED.search(o["dom"]["text"])):
+            out.append(f"a widget did not render: {(o['dom'] or {}).get('text', 'no output element')[:120]!r}")
+    for v in cell["bertviz"]:
+        if v["svgElements"] == 0:
+            out.append(f"BertViz view {v['id']} is empty: {v['text'][:150]!r}")
+    for marker in JS_ERRORS:
+        if marker in cell["text"]:
+            out.append(f"the output shows {marker!r}")
+    return out
+
+
+def problems_cells(run: Run) -> list[dict]:
+    return [c for c in run.code_cells() if _errors(c) or cell_problems(c)]
+
+
+def lesson_problems(run: Run) -> list[str]:
+    """Everything a learner would see go wrong in a lesson run top to bottom."""
+    out = []
+    for c in run.code_cells():
+        i = c["index"]
+        if "raises-exception" not in c["tags"]:
+            out += [f"cell {i}: {e['ename']}: {e['evalue']}" for e in _errors(c)]
+        out += [f"cell {i}: {p}" for p in cell_problems(c)]
+        if c["executionCount"] is None and c["source"].strip():
+            out.append(f"cell {i}: never ran (run-all stopped before it)")
+    out += run.clicks
+    out += [f"page error: {e}" for e in run.page_errors if any(m in e for m in JS_ERRORS)]
+    return out
+
+
+def first_answer_problems(run: Run) -> list[str]:
+    """An untouched exercise: the first answer cell is the first to fail, with NotImplementedError."""
+    code = run.code_cells()
+    answers = [c for c in code if (c["nbgrader"] or {}).get("solution")]
+    if not answers:
+        return ["no nbgrader answer cell (metadata nbgrader.solution) found"]
+    failing = [c for c in code if _errors(c)]
+    if not failing:
+        return [f"no cell failed: answer cell {answers[0]['index']} should raise NotImplementedError"]
+    first, err = failing[0], _errors(failing[0])[0]
+    if first["index"] != answers[0]["index"] or err["ename"] != "NotImplementedError":
+        return [f"first failure is cell {first['index']} ({err['ename']}: {err['evalue']}), expected "
+                f"NotImplementedError in answer cell {answers[0]['index']}"]
+    return []
+
+
+def fill_answers(exercise: dict, solution: dict) -> dict:
+    """The exercise notebook with each answer cell's source replaced by the solution cell of the same
+    nbgrader grade_id, without its ### BEGIN/END SOLUTION lines."""
+    sources = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]) for c in solution["cells"]
+               if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+    filled = json.loads(json.dumps(exercise))
+    for c in filled["cells"]:
+        grade_id = c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if c.get("metadata", {}).get("nbgrader", {}).get("solution"):
+            if grade_id not in sources:
+                raise KeyError(f"answer cell {grade_id!r} has no solution cell with that grade_id")
+            c["source"] = "".join(line for line in sources[grade_id].splitlines(keepends=True)
+                                  if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION"))
+    return filled
+
+
+def report(run: Run, problems: list[str]) -> str:
+    head = f"{run.path}: {len(run.code_cells())} code cells, {run.n_clicks} widget clicks, {run.seconds:.1f} s"
+    if run.screenshot:
+        head += f", screenshot {run.screenshot}"
+    return "\n  ".join([head] + problems)
+
+
+if __name__ == "__main__":  # python tests/browser/labdriver.py notebooks/01_remember.ipynb ...
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        for nb in sys.argv[1:]:
+            (root / Path(nb).parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(nb, root / Path(nb).parent.name / Path(nb).name)
+        with LabServer(root, Path(tmp) / "work") as server, chromium(Path(tmp)) as browser:
+            for nb in sys.argv[1:]:
+                rel = f"{Path(nb).parent.name}/{Path(nb).name}"
+                r = run_notebook(browser, server, rel, screenshot=Path("artifacts/browser") / f"{Path(nb).stem}.png")
+                print(report(r, lesson_problems(r)))
