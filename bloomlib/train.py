@@ -1,6 +1,7 @@
 """Training a GPT: AdamW, warmup + cosine learning rate, gradient clipping, periodic evaluation.
 
 As a module:  python -m bloomlib.train --preset course --out runs/course   (also `bloomlib train`)
+On several processes: torchrun --nproc_per_node=N -m bloomlib.train ...  (DistributedDataParallel, see `train`)
 The course model in bloomlib/assets/course_model was made by COURSE_COMMAND below.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from bloomlib.config import GPTConfig
 from bloomlib.data import get_batch, load_corpus, train_val_split
-from bloomlib.device import autocast, get_device, seed_everything
+from bloomlib.device import autocast, seed_everything
 
 COURSE_COMMAND = "python -m bloomlib.train --preset course --out bloomlib/assets/course_model"
 DRAFT_COMMAND = ("python -m bloomlib.train --preset draft --tokenizer-from bloomlib/assets/course_model "
@@ -86,13 +87,26 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
     """Train `model` on next-token prediction over random windows of `train_data` (1-D LongTensor).
 
     Returns a history dict: step, lr and loss per step; eval_step, train_loss and val_loss per evaluation.
+
+    Inside a torch.distributed process group (torchrun) the model is wrapped in DistributedDataParallel:
+    cfg.batch_size is per rank, so the global batch is batch_size x world_size. Every rank draws the same global
+    batch of windows and trains on its own slice of it (rank r: rows r*B..(r+1)*B-1), so N ranks take exactly the
+    steps one process would take with batch_size x N. Rank 0 alone evaluates, logs and shows progress; the
+    logged loss is the mean over ranks.
     """
     from tqdm.auto import tqdm
 
+    from bloomlib.distributed import rank_and_world, unwrap
+
+    rank, world = rank_and_world()
+    raw = unwrap(model)
     device = next(model.parameters()).device
-    seq_len = cfg.seq_len or model.config.block_size
+    if world > 1 and raw is model:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    progress, log = progress and rank == 0, log if rank == 0 else None
+    seq_len = cfg.seq_len or raw.config.block_size
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(raw, cfg)
     hist = {"step": [], "lr": [], "loss": [], "eval_step": [], "train_loss": [], "val_loss": []}
     model.train()
     bar = tqdm(range(cfg.steps), desc="training", disable=not progress, mininterval=1.0)
@@ -100,7 +114,10 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = get_batch(train_data, cfg.batch_size, seq_len, generator=gen, device=device)
+        x, y = get_batch(train_data, cfg.batch_size * world, seq_len, generator=gen, device=device)
+        if world > 1:  # this rank's slice of the global batch
+            rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+            x, y = x[rows], y[rows]
         with autocast(device):
             loss = lm_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -110,10 +127,14 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
         opt.step()
         hist["step"].append(step)
         hist["lr"].append(lr)
+        if world > 1:
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
+            loss /= world
         hist["loss"].append(loss.item())
-        if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps:
-            tr = evaluate(model, train_data, cfg.batch_size, seq_len, cfg.eval_batches)
-            va = evaluate(model, val_data, cfg.batch_size, seq_len, cfg.eval_batches)
+        if rank == 0 and ((step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps):
+            tr = evaluate(raw, train_data, cfg.batch_size, seq_len, cfg.eval_batches)
+            va = evaluate(raw, val_data, cfg.batch_size, seq_len, cfg.eval_batches)
             hist["eval_step"].append(step + 1)
             hist["train_loss"].append(tr)
             hist["val_loss"].append(va)
@@ -125,7 +146,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train a GPT on the course corpus and save a checkpoint folder (weights, config, tokenizer)."""
+    """Train a GPT on the course corpus and save a checkpoint folder (weights, config, tokenizer).
+    Under torchrun every rank builds the same tokenizer and model (same seed); rank 0 prints and saves."""
     p = argparse.ArgumentParser(prog="python -m bloomlib.train", description=main.__doc__)
     p.add_argument("--preset", default="course", help="GPTConfig preset (default: course)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
@@ -146,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "warmup_steps", "weight_decay", "grad_clip",
                                                        "eval_interval", "eval_batches", "seed")})
     from bloomlib.checkpoint import load_checkpoint, save_checkpoint
+    from bloomlib.distributed import init_distributed
     from bloomlib.model import GPT
     from bloomlib.tokenizer import ByteBPETokenizer, CharTokenizer
 
@@ -159,19 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tok = CharTokenizer.train(text)
     model_cfg = GPTConfig.preset(args.preset, vocab_size=tok.vocab_size)
-    device = get_device(args.device)
+    dist_info = init_distributed(args.device)
+    device = dist_info.device
     model = GPT(model_cfg).to(device)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     train_data, val_data = train_val_split(ids, 0.1)
-    print(f"corpus: {len(text):,} characters -> {len(ids):,} tokens; model: {model_cfg}; device: {device}")
+    say = print if dist_info.is_main else (lambda *a: None)
+    world = dist_info.world_size
+    say(f"corpus: {len(text):,} characters -> {len(ids):,} tokens; model: {model_cfg}; device: {device}"
+        + (f"; {world} processes, global batch {cfg.batch_size * world}" if world > 1 else ""))
     t0 = time.perf_counter()
     hist = train(model, train_data, val_data, cfg, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
+    if not dist_info.is_main:
+        torch.distributed.destroy_process_group()
+        return 0
     meta = {"val_loss": hist["val_loss"][-1], "train_loss": hist["train_loss"][-1], "train": asdict(cfg),
             "command": "python -m bloomlib.train " + " ".join(sys.argv[1:] if argv is None else argv),
             "train_seconds": round(seconds, 1), "corpus": "pydoc_data.topics", "n_tokens": len(ids),
             "torch": torch.__version__}
+    if world > 1:
+        meta["world_size"] = world
     save_checkpoint(args.out, model.float().cpu(), tok, meta)
+    if world > 1:
+        torch.distributed.destroy_process_group()
     print(f"val loss {hist['val_loss'][-1]:.4f} after {cfg.steps} steps in {seconds:.0f} s; saved to {args.out}")
     return 0
 
