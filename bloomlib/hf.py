@@ -1,11 +1,11 @@
 """Leaving the notebook: bloomlib GPT <-> Hugging Face GPT-2 folders (config.json + model.safetensors).
 
-A GPT with GPT-2's layout (learned positions, pre-LN LayerNorm with biases, GELU, full multi-head attention,
-tied head) exports to a folder that transformers' GPT2LMHeadModel (and so vLLM: `vllm serve FOLDER`) loads.
+A GPT with GPT-2's layout (learned positions, pre-LN LayerNorm with biases, GELU, full multi-head attention)
+exports to a folder that transformers' GPT2LMHeadModel (and so vLLM: `vllm serve FOLDER`) loads.
 A ByteBPETokenizer goes along as vocab.json + merges.txt in GPT-2's byte-to-unicode format.
 Tokenizer caveat: GPT2TokenizerFast pre-splits text with GPT-2's regex (\\p{L}, \\p{N}), ours with Python's `re`
 (letters [^\\W\\d_], digits \\d). They agree on ASCII text; they may split some non-ASCII text differently
-(e.g. "x²": "²" is a letter for `re`, a number for GPT-2), and then the ids differ. Decoding ids always agrees.
+(e.g. "x²": "²" is a letter for `re`, a number for GPT-2), and then the ids may differ. Decoding always agrees.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def check_gpt2_layout(config: GPTConfig) -> None:
     """Raise ValueError naming the first GPTConfig field that GPT-2's architecture cannot express."""
     need = {"pos_encoding": "learned", "norm": "layernorm", "prenorm": True, "bias": True, "causal": True,
             "n_kv_head": config.n_head, "sliding_window": None, "type_vocab_size": 0, "embed_norm": False,
-            "final_norm": True, "tie_weights": True}
+            "final_norm": True}
     for field, want in need.items():
         if getattr(config, field) != want:
             raise ValueError(f"GPTConfig.{field}={getattr(config, field)!r} is not GPT-2 layout (needs {want!r})")
@@ -44,24 +44,39 @@ def gpt2_config(config: GPTConfig, eos_id: int | None = None) -> dict:
             "n_positions": config.block_size, "n_embd": config.d_model, "n_layer": config.n_layer,
             "n_head": config.n_head, "n_inner": config.d_ff, "activation_function": ACTIVATIONS[config.ffn],
             "layer_norm_epsilon": config.norm_eps, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-            "bos_token_id": eos, "eos_token_id": eos, "tie_word_embeddings": True, "torch_dtype": "float32"}
+            "bos_token_id": eos, "eos_token_id": eos, "tie_word_embeddings": config.tie_weights,
+            "torch_dtype": "float32"}
+
+
+def _gpt2_layout(model: GPT) -> list[tuple[list[torch.Tensor], str, bool]]:
+    """(our tensors, GPT2LMHeadModel name, transposed). GPT-2's Conv1D stores (in, out), our Linear's .T;
+    its c_attn stacks q, k, v along the output features."""
+    t = model.transformer
+    out = [([t.tok_emb.weight], "transformer.wte.weight", False),
+           ([t.pos_emb.weight], "transformer.wpe.weight", False)]
+    for i, b in enumerate(t.blocks):
+        p, a = f"transformer.h.{i}.", b.attn
+        qkv = (a.q_proj, a.k_proj, a.v_proj)
+        out += [([m.weight for m in qkv], p + "attn.c_attn.weight", True),
+                ([m.bias for m in qkv], p + "attn.c_attn.bias", False)]
+        for ours, theirs in ((b.norm1, "ln_1"), (b.norm2, "ln_2"), (a.o_proj, "attn.c_proj"), (b.ffn.up, "mlp.c_fc"),
+                             (b.ffn.down, "mlp.c_proj")):
+            out += [([ours.weight], p + theirs + ".weight", isinstance(ours, torch.nn.Linear)),
+                    ([ours.bias], p + theirs + ".bias", False)]
+    out += [([t.final_norm.weight], "transformer.ln_f.weight", False),
+            ([t.final_norm.bias], "transformer.ln_f.bias", False)]
+    if not model.config.tie_weights:
+        out.append(([model.lm_head.weight], "lm_head.weight", False))
+    return out
 
 
 def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """bloomlib GPT weights under GPT2LMHeadModel's names. GPT-2's Conv1D stores (in, out): our Linear's .T;
-    its c_attn is q, k, v stacked along the output."""
-    t, sd = model.transformer, {}
-    sd["transformer.wte.weight"], sd["transformer.wpe.weight"] = t.tok_emb.weight, t.pos_emb.weight
-    for i, b in enumerate(t.blocks):
-        p, a = f"transformer.h.{i}.", b.attn
-        for ours, theirs in ((b.norm1, "ln_1"), (b.norm2, "ln_2")):
-            sd[p + theirs + ".weight"], sd[p + theirs + ".bias"] = ours.weight, ours.bias
-        sd[p + "attn.c_attn.weight"] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).T
-        sd[p + "attn.c_attn.bias"] = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
-        for ours, theirs in ((a.o_proj, "attn.c_proj"), (b.ffn.up, "mlp.c_fc"), (b.ffn.down, "mlp.c_proj")):
-            sd[p + theirs + ".weight"], sd[p + theirs + ".bias"] = ours.weight.T, ours.bias
-    sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"] = t.final_norm.weight, t.final_norm.bias
-    return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
+    """bloomlib GPT weights under GPT2LMHeadModel's names (float32, on the CPU)."""
+    sd = {}
+    for ours, name, transposed in _gpt2_layout(model):
+        w = torch.cat([x.detach() for x in ours])
+        sd[name] = (w.T if transposed else w).float().cpu().contiguous()
+    return sd
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -121,38 +136,20 @@ def import_gpt2(folder: str | Path) -> GPT:
     for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False)):
         if hf.get(key, want) != want:
             raise ValueError(f"config.json {key}={hf[key]!r} is not supported (needs {want!r})")
-    sd = {k.removeprefix("transformer."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    sd = load_file(str(folder / "model.safetensors"))
     tied = hf.get("tie_word_embeddings", True) or "lm_head.weight" not in sd
     config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
                        n_head=hf["n_head"], d_model=hf["n_embd"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
                        norm_eps=hf.get("layer_norm_epsilon", 1e-5), ffn=FROM_ACTIVATIONS[act], tie_weights=tied)
     model = GPT(config)
-    d, new = config.d_model, {}
-    for name, ref in gpt2_state_dict(model).items():  # the names and shapes to expect
-        key = name.removeprefix("transformer.")
-        if key not in sd:
-            raise ValueError(f"{folder / 'model.safetensors'} lacks {name}")
-        if sd[key].shape != ref.shape:
-            raise ValueError(f"{name} has shape {tuple(sd[key].shape)}, expected {tuple(ref.shape)}")
-        new[name] = sd[key]
-    t = model.transformer
     with torch.no_grad():
-        t.tok_emb.weight.copy_(new["transformer.wte.weight"])
-        t.pos_emb.weight.copy_(new["transformer.wpe.weight"])
-        for i, b in enumerate(t.blocks):
-            p, a = f"transformer.h.{i}.", b.attn
-            for mod, theirs in ((b.norm1, "ln_1"), (b.norm2, "ln_2")):
-                mod.weight.copy_(new[p + theirs + ".weight"])
-                mod.bias.copy_(new[p + theirs + ".bias"])
-            w, bias = new[p + "attn.c_attn.weight"].T, new[p + "attn.c_attn.bias"]
-            for j, lin in enumerate((a.q_proj, a.k_proj, a.v_proj)):
-                lin.weight.copy_(w[j * d:(j + 1) * d])
-                lin.bias.copy_(bias[j * d:(j + 1) * d])
-            for lin, theirs in ((a.o_proj, "attn.c_proj"), (b.ffn.up, "mlp.c_fc"), (b.ffn.down, "mlp.c_proj")):
-                lin.weight.copy_(new[p + theirs + ".weight"].T)
-                lin.bias.copy_(new[p + theirs + ".bias"])
-        t.final_norm.weight.copy_(new["transformer.ln_f.weight"])
-        t.final_norm.bias.copy_(new["transformer.ln_f.bias"])
-        if not tied:
-            model.lm_head.weight.copy_(sd["lm_head.weight"])
+        for ours, name, transposed in _gpt2_layout(model):
+            key = name if name in sd else name.removeprefix("transformer.")
+            if key not in sd:
+                raise ValueError(f"{folder / 'model.safetensors'} lacks {name}")
+            w = sd[key].T if transposed else sd[key]
+            if w.shape != (want := (sum(x.shape[0] for x in ours), *ours[0].shape[1:])):
+                raise ValueError(f"{name} has shape {tuple(sd[key].shape)}, expected {want}")
+            for x, part in zip(ours, w.split([x.shape[0] for x in ours])):
+                x.copy_(part)
     return model.eval()

@@ -100,19 +100,26 @@ def test_gpt2_folder_imports_with_matching_logits(tmp_path, act, tied):
         torch.testing.assert_close(ours(idx), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
-def test_export_then_import_round_trips(tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_then_import_round_trips(tmp_path, tied):
     torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny", ffn="gelu_tanh")).eval()
+    model = GPT(GPTConfig.preset("tiny", ffn="gelu_tanh", tie_weights=tied)).eval()
     back = import_gpt2(export_gpt2(model, tmp_path))
-    assert back.config.ffn == "gelu_tanh" and not (tmp_path / "vocab.json").exists()
+    assert back.config.ffn == "gelu_tanh" and back.config.tie_weights == tied
+    assert not (tmp_path / "vocab.json").exists()
     for (n, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), n
     assert json.loads((tmp_path / "config.json").read_text())["activation_function"] == "gelu_new"
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()  # an untied head loads too
+    idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(idx).logits
+        torch.testing.assert_close(model(idx), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("field,value", [("pos_encoding", "rope"), ("norm", "rmsnorm"), ("ffn", "swiglu"),
                                          ("n_kv_head", 1), ("bias", False), ("prenorm", False),
-                                         ("tie_weights", False), ("sliding_window", 8), ("ffn", "relu")])
+                                         ("sliding_window", 8), ("ffn", "relu"), ("type_vocab_size", 2)])
 def test_non_gpt2_layouts_raise_naming_the_field(tmp_path, field, value):
     cfg = GPTConfig.preset("tiny", **{field: value})
     with pytest.raises(ValueError, match=field):
