@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
+from bloomlib.blocks import FeedForward
+from bloomlib.config import GPTConfig
 from bloomlib.device import get_device
 
 
@@ -147,7 +151,7 @@ class TensorParallelMLP(nn.Module):
     """A bloomlib FeedForward (GELU / ReLU) split over the ranks: down(act(up(x))) with up column-parallel and
     down row-parallel. x: (B, T, d_model), the same on every rank -> (B, T, d_model), the same on every rank."""
 
-    def __init__(self, ffn: nn.Module, rank: int, world_size: int) -> None:
+    def __init__(self, ffn: FeedForward, rank: int, world_size: int) -> None:
         super().__init__()
         if ffn.kind == "swiglu":
             raise ValueError("TensorParallelMLP sketches a GELU/ReLU FeedForward, not ffn='swiglu'")
@@ -159,3 +163,35 @@ class TensorParallelMLP(nn.Module):
         h = self.up(x)
         h = F.relu(h) if self.kind == "relu" else F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
         return self.down(h)
+
+
+def _demo_case(d_model: int, seed: int):
+    torch.manual_seed(seed)
+    ffn = FeedForward(GPTConfig(d_model=d_model, n_head=1)).double()
+    x = torch.randn(3, 4, d_model, dtype=torch.float64, requires_grad=True)
+    return ffn, x, torch.randn(3, 4, d_model, dtype=torch.float64)
+
+
+def _demo_worker(rank: int, world_size: int, folder: str, d_model: int, seed: int) -> None:
+    ffn, x, grad = _demo_case(d_model, seed)
+    tp = TensorParallelMLP(ffn, rank, world_size)
+    y = tp(x)
+    y.backward(grad)
+    if rank == 0:
+        save_file({"y": y.detach(), "x_grad": x.grad, "up": tp.up.weight.detach(), "down": tp.down.weight.detach()},
+                  os.path.join(folder, "rank0.safetensors"))
+
+
+def tensor_parallel_demo(world_size: int = 2, d_model: int = 32, seed: int = 0) -> dict:
+    """Split one MLP over `world_size` CPU processes and compare with the unsplit MLP (float64). Returns rank 0's
+    weight shapes next to the full ones, and the largest |difference| of the output and of the input gradient."""
+    with tempfile.TemporaryDirectory() as folder:
+        launch(_demo_worker, world_size, folder, d_model, seed)
+        got = load_file(os.path.join(folder, "rank0.safetensors"))
+    ffn, x, grad = _demo_case(d_model, seed)
+    y = ffn(x)
+    y.backward(grad)
+    return {"up_shape": (tuple(ffn.up.weight.shape), tuple(got["up"].shape)),
+            "down_shape": (tuple(ffn.down.weight.shape), tuple(got["down"].shape)),
+            "output_diff": (got["y"] - y).abs().max().item(),
+            "input_grad_diff": (got["x_grad"] - x.grad).abs().max().item()}

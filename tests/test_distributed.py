@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from bloomlib.blocks import FeedForward
 from bloomlib.checkpoint import load_checkpoint
 from bloomlib.config import GPTConfig
-from bloomlib.distributed import TensorParallelMLP, launch
+from bloomlib.distributed import TensorParallelMLP, launch, tensor_parallel_demo
 from bloomlib.model import GPT
 from bloomlib.train import TrainConfig, main, train
 
@@ -119,3 +119,9 @@ def test_torchrun_cli_trains_like_one_process_and_only_rank_0_saves(tmp_path):
     for (name, a), (_, b) in zip(ddp.model.state_dict().items(), one.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=5e-5, msg=lambda m: f"{name}: {m}")
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["meta"]["val_loss"] > 0
+
+
+def test_tensor_parallel_demo_for_the_lesson_on_four_processes():
+    out = tensor_parallel_demo(world_size=4)
+    assert out["up_shape"] == ((128, 32), (32, 32)) and out["down_shape"] == ((32, 128), (32, 32))
+    assert out["output_diff"] < 1e-12 and out["input_grad_diff"] < 1e-12
