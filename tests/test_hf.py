@@ -31,7 +31,8 @@ def exported(tmp_path_factory):
 def test_course_model_exports_to_gpt2_lm_head_model(exported):
     model, tok, folder = exported
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= {p.name for p in folder.iterdir()}
-    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()  # as serving engines load it
+    assert isinstance(hf, transformers.GPT2LMHeadModel)
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied, as in bloomlib
     text = load_corpus()[:2000]
     idx = torch.tensor([tok.encode(text)[:256], tok.encode(text)[256:512]])  # a full context window, batch of 2
@@ -67,6 +68,8 @@ def test_gpt2_tokenizer_decodes_and_encodes_like_ours(exported):
         rand = torch.randint(0, tok.vocab_size - 1, (30,), generator=g).tolist()
         assert hf_tok.decode(rand) == tok.decode(rand)
     assert hf_tok.decode(tok.encode("naïve café, 日本語 ✓")) == "naïve café, 日本語 ✓"
+    auto = transformers.AutoTokenizer.from_pretrained(folder)  # from tokenizer_config.json, as serving engines do
+    assert auto(text[:3000])["input_ids"] == tok.encode(text[:3000]) and auto.eos_token_id == tok.eos_id
 
 
 def test_documented_split_difference_on_non_ascii(tmp_path):
