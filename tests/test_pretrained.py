@@ -140,7 +140,8 @@ def test_missing_extra_raises_clear_error_and_fallback_returns_none(monkeypatch)
     assert "bloomlib[hf]" in messages[0] and "Falling back" in messages[0]
 
 
-def test_missing_transformers_raises_clear_error(monkeypatch):
+def test_missing_transformers_raises_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(pretrained, "minilm_folder", lambda: tmp_path)  # as if the weights were installed
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
     with pytest.raises(pretrained.MissingExtraError, match="transformers is not installed"):
         pretrained.minilm()
