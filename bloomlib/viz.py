@@ -8,6 +8,7 @@ Attention is a list (one entry per layer) of (1, heads, seq, seq) tensors, from 
 from __future__ import annotations
 
 import importlib.resources
+import math
 import re
 from typing import Sequence
 
@@ -114,10 +115,9 @@ def model_view(attention: Sequence[torch.Tensor], tokens: Sequence[str], *, incl
 
 
 def plot_attention(weights, tokens: Sequence[str], title: str, *, query_tokens: Sequence[str] | None = None,
-                   ax=None, annotate: bool | None = None):
-    """Heatmap of one (n_q, n_k) weight matrix: rows are queries, columns the keys they attend to.
-
-    Viridis (colour-blind safe), values written in the cells when the matrix is small. Returns the Axes.
+                   ax=None, annotate: bool | None = None, value_label: str = "attention weight"):
+    """Heatmap of one (n_q, n_k) matrix (weights, or scores with value_label="score"): rows are queries,
+    columns the keys. Viridis (colour-blind safe), values written in the cells when it is small. Returns the Axes.
     """
     import matplotlib.pyplot as plt
 
@@ -128,7 +128,10 @@ def plot_attention(weights, tokens: Sequence[str], title: str, *, query_tokens: 
                          f"got {tuple(w.shape)}")
     if ax is None:
         _, ax = plt.subplots(figsize=(1 + 0.5 * len(tokens), 0.8 + 0.45 * len(query_tokens)))
-    image = ax.imshow(w.numpy(), cmap="viridis", vmin=0.0, vmax=max(1.0, float(w.max())))
+    finite = w[w.isfinite()]
+    lo = min(0.0, float(finite.min())) if finite.numel() else 0.0
+    hi = max(1.0 if lo == 0.0 else lo + 1e-6, float(finite.max())) if finite.numel() else 1.0
+    image = ax.imshow(w.numpy(), cmap="viridis", vmin=lo, vmax=hi)
     ax.set_xticks(range(len(tokens)), [str(t) for t in tokens], rotation=45, ha="right")
     ax.set_yticks(range(len(query_tokens)), [str(t) for t in query_tokens])
     ax.set_xlabel("key (attended to)")
@@ -137,6 +140,7 @@ def plot_attention(weights, tokens: Sequence[str], title: str, *, query_tokens: 
     if annotate or (annotate is None and w.numel() <= 100):
         for (i, j), v in zip(torch.cartesian_prod(torch.arange(w.shape[0]), torch.arange(w.shape[1])).tolist(),
                              w.flatten().tolist()):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+            light = (v - lo) / (hi - lo) > 0.6 if math.isfinite(v) else False  # dark text on the light end
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if light else "white")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=value_label)
     return ax

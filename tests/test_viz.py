@@ -84,6 +84,9 @@ def test_plot_attention_draws_the_weights():
     assert torch.allclose(torch.as_tensor(ax.images[0].get_array().data), w)
     assert [t.get_text() for t in ax.get_xticklabels()] == TOKENS
     assert len(ax.texts) == 12 and ax.texts[0].get_text() == f"{w[0, 0].item():.2f}"
+    scores = torch.tensor([[-2.0, 0.5], [float("-inf"), 3.0]])  # masked (-inf) entries, negative scores
+    ax2 = viz.plot_attention(scores, ["a", "b"], "scores", value_label="score")
+    assert ax2.images[0].get_clim() == (-2.0, 3.0) and ax2.images[0].colorbar.ax.get_ylabel() == "score"
     with pytest.raises(ValueError, match=r"\(n_queries, n_keys\) = \(3, 4\)"):
         viz.plot_attention(w.T, TOKENS, "bad", query_tokens=["q0", "q1", "q2"])
     import matplotlib.pyplot as plt
