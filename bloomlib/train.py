@@ -91,8 +91,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
     Inside a torch.distributed process group (torchrun) the model is wrapped in DistributedDataParallel:
     cfg.batch_size is per rank, so the global batch is batch_size x world_size. Every rank draws the same global
     batch of windows and trains on its own slice of it (rank r: rows r*B..(r+1)*B-1), so N ranks take exactly the
-    steps one process would take with batch_size x N. Rank 0 alone evaluates, logs and shows progress; the
-    logged loss is the mean over ranks.
+    steps one process would take with batch_size x N. Rank 0 alone evaluates (on global batches), logs and shows
+    progress; the logged loss is the mean over ranks.
     """
     from tqdm.auto import tqdm
 
@@ -133,8 +133,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
             loss /= world
         hist["loss"].append(loss.item())
         if rank == 0 and ((step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps):
-            tr = evaluate(raw, train_data, cfg.batch_size, seq_len, cfg.eval_batches)
-            va = evaluate(raw, val_data, cfg.batch_size, seq_len, cfg.eval_batches)
+            tr = evaluate(raw, train_data, cfg.batch_size * world, seq_len, cfg.eval_batches)
+            va = evaluate(raw, val_data, cfg.batch_size * world, seq_len, cfg.eval_batches)
             hist["eval_step"].append(step + 1)
             hist["train_loss"].append(tr)
             hist["val_loss"].append(va)
