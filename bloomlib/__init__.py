@@ -14,6 +14,8 @@ from bloomlib.model import GPT, Transformer, count_parameters, flops_per_token, 
 from bloomlib.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
 from bloomlib.sampling import sample_next_token
 from bloomlib.tokenizer import ByteBPETokenizer, CharTokenizer, load_tokenizer
+from bloomlib.variants import (AudioFrontend, BertInputs, PatchEmbedding, bert_inputs, mel_filterbank,
+                               mel_spectrogram, patchify)
 
 __version__ = "0.1.0"
 
@@ -24,4 +26,5 @@ __all__ = [
     "RotaryEmbedding", "alibi_bias", "alibi_slopes", "sinusoidal_encoding", "sample_next_token",
     "Checkpoint", "load_checkpoint", "save_checkpoint", "TASKS", "get_batch", "load_corpus", "make_task",
     "train_val_split", "ByteBPETokenizer", "CharTokenizer", "load_tokenizer",
+    "AudioFrontend", "BertInputs", "PatchEmbedding", "bert_inputs", "mel_filterbank", "mel_spectrogram", "patchify",
 ]
