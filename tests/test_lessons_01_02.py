@@ -64,7 +64,7 @@ def test_every_seed_term_is_taught_carded_and_quizzed():
 def test_lesson_follows_the_house_rules(level):
     nb = _read(LESSONS[level])
     intro, summary = nb.cells[0].source, "\n".join(c.source for c in nb.cells[-3:] if c.cell_type == "markdown")
-    assert "Learning objectives" in intro and "Study time" in intro and "Prerequisites" in intro
+    assert "Learning objectives" in intro and "study time" in intro.lower() and "Prerequisites" in intro
     objectives = re.findall(r"^\d\. \*\*(\w+)\*\*", intro, re.M)
     assert 4 <= len(objectives) <= 8 and set(objectives) <= set(BLOOM_VERBS[level]), objectives
     assert "Summary" in summary and f"bloomlib grade exercises/{LESSONS[level].name}" in summary
