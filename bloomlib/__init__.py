@@ -9,9 +9,14 @@ from bloomlib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from bloomlib.config import PRESETS, GPTConfig
 from bloomlib.data import TASKS, get_batch, load_corpus, make_task, train_val_split
 from bloomlib.device import autocast, get_device, seed_everything
+from bloomlib.distributed import (ColumnParallelLinear, RowParallelLinear, TensorParallelMLP, init_distributed,
+                                  launch, tensor_parallel_demo)
 from bloomlib.encoder import Encoder, EncoderDecoder
+from bloomlib.hf import export_gpt2, import_gpt2
 from bloomlib.model import GPT, Transformer, count_parameters, flops_per_token, load_course_model
 from bloomlib.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
+from bloomlib.pretrained import (MissingExtraError, load_bert, minilm, minilm_or_none, semantic_search,
+                                 sentence_embeddings)
 from bloomlib.sampling import sample_next_token
 from bloomlib.tokenizer import ByteBPETokenizer, CharTokenizer, load_tokenizer
 from bloomlib.variants import (AudioFrontend, BertInputs, PatchEmbedding, bert_inputs, mel_filterbank,
@@ -26,5 +31,8 @@ __all__ = [
     "RotaryEmbedding", "alibi_bias", "alibi_slopes", "sinusoidal_encoding", "sample_next_token",
     "Checkpoint", "load_checkpoint", "save_checkpoint", "TASKS", "get_batch", "load_corpus", "make_task",
     "train_val_split", "ByteBPETokenizer", "CharTokenizer", "load_tokenizer",
+    "ColumnParallelLinear", "RowParallelLinear", "TensorParallelMLP", "init_distributed", "launch",
+    "tensor_parallel_demo", "export_gpt2", "import_gpt2", "MissingExtraError", "load_bert", "minilm",
+    "minilm_or_none", "semantic_search", "sentence_embeddings",
     "AudioFrontend", "BertInputs", "PatchEmbedding", "bert_inputs", "mel_filterbank", "mel_spectrogram", "patchify",
 ]
