@@ -92,3 +92,40 @@ def test_plot_attention_draws_the_weights():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+@pytest.mark.slow
+def test_views_draw_in_a_real_browser_without_network(tmp_path):
+    """Headless Chromium: the views draw their SVG with the inlined d3/jQuery and request nothing; a view
+    whose libraries are absent says so instead of failing silently."""
+    pytest.importorskip("playwright.sync_api")
+    from pathlib import Path
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("needs /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    pages = {"head": viz.inline_js_libraries().data + viz.head_view(_attention(), TOKENS, include_libraries=False).data,
+             "model": viz.model_view(_attention(), TOKENS, include_libraries=True).data,
+             "bare": viz.head_view(_attention(), TOKENS, include_libraries=False).data}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            got = {}
+            for name, body in pages.items():
+                (tmp_path / f"{name}.html").write_text(f"<html><body>{body}</body></html>")
+                page, errors, requests = browser.new_page(), [], []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("request", lambda r: requests.append(r.url))
+                page.goto((tmp_path / f"{name}.html").as_uri())
+                page.wait_for_timeout(500)
+                got[name] = (page.evaluate("Array.from(document.querySelectorAll('svg text')).map(t => t.textContent)"),
+                             page.evaluate("document.body.innerText"), errors,
+                             [u for u in requests if not u.startswith("file:")])
+        finally:
+            browser.close()
+    head, model, bare = got["head"], got["model"], got["bare"]
+    assert head[0] == TOKENS + TOKENS and head[2] == [] and head[3] == []  # left and right token columns
+    assert {"Layers", "Heads"} <= set(model[0]) and model[2] == [] and model[3] == []
+    assert "inline_js_libraries()" in bare[1] and bare[0] == [] and bare[3] == []
