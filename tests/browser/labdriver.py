@@ -128,12 +128,16 @@ JS_READY = f"""(path) => {{
   return !!(w && w.context.isReady && w.sessionContext.session && w.sessionContext.session.kernel
             && w.sessionContext.session.kernel.status === 'idle');
 }}"""
-JS_RESTART_RUN_ALL = f"""(path) => {{
-  const w = ({_FIND})(path);
+JS_RESTART_RUN_ALL = f"""async (path) => {{  // saved outputs and counts go first, so none can pass for new ones
+  const w = ({_FIND})(path), commands = window.jupyterapp.commands;
   window.__bl_statuses = [];
   w.sessionContext.statusChanged.connect((_, s) => window.__bl_statuses.push(s));
   window.jupyterapp.shell.activateById(w.id);
-  window.jupyterapp.commands.execute('notebook:restart-run-all');  // not awaited: it waits on a dialog
+  await commands.execute('notebook:clear-all-cell-outputs');
+  const stale = w.content.widgets.filter(c => c.model.type === 'code' && (c.model.executionCount !== null
+                                                                          || c.model.outputs.length)).length;
+  commands.execute('notebook:restart-run-all');  // not awaited: it waits on its confirm dialog
+  return stale;
 }}"""
 JS_PROGRESS = f"""(path) => {{
   const w = ({_FIND})(path);
@@ -207,6 +211,8 @@ def _wait_done(page, path: str, timeout: float) -> None:
     deadline, calm = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
         p = page.evaluate(JS_PROGRESS, path)
+        if p["status"] == "dead":
+            raise RuntimeError(f"{path}: the kernel died (statuses seen: {p['statuses']})")
         restarted = any(s in ("restarting", "autorestarting", "starting") for s in p["statuses"])
         done = restarted and p["status"] == "idle" and not p["queued"] and (p["executed"] or not p["code"])
         calm = calm + 1 if done else 0
@@ -263,7 +269,9 @@ def run_notebook(browser, server: LabServer, path: str, *, timeout: float = 900.
     try:
         page.goto(server.url(path, "bl" + secrets.token_hex(4)))
         page.wait_for_function(JS_READY, arg=path, timeout=60000, polling=250)
-        page.evaluate(JS_RESTART_RUN_ALL, path)
+        stale = page.evaluate(JS_RESTART_RUN_ALL, path)
+        if stale:
+            raise RuntimeError(f"{path}: clearing outputs left {stale} cells with an output or execution count")
         accept = page.locator(".jp-Dialog .jp-mod-accept")
         accept.wait_for(timeout=30000)
         accept.click()
@@ -271,10 +279,11 @@ def run_notebook(browser, server: LabServer, path: str, *, timeout: float = 900.
         if interact:
             run.n_clicks, run.clicks = _click_widgets(page, path)
         run.cells = page.evaluate(JS_REPORT, path)
-        if screenshot:
-            bad = [c["index"] for c in problems_cells(run)]
-            if bad:
-                page.locator(".jp-Notebook .jp-Cell").nth(bad[0]).scroll_into_view_if_needed()
+        if screenshot:  # the whole notebook: a viewport as tall as its content (capped by Chromium's limit)
+            height = page.evaluate("() => Array.from(document.querySelectorAll('.jp-Notebook .jp-Cell'))"
+                                   ".reduce((h, c) => h + c.offsetHeight, 0)")
+            page.set_viewport_size({"width": 1400, "height": max(1000, min(height + 200, 16000))})
+            page.locator(".jp-Notebook .jp-Cell").first.scroll_into_view_if_needed()
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot))
             run.screenshot = screenshot
@@ -311,10 +320,6 @@ def cell_problems(cell: dict) -> list[str]:
     return out
 
 
-def problems_cells(run: Run) -> list[dict]:
-    return [c for c in run.code_cells() if _errors(c) or cell_problems(c)]
-
-
 def lesson_problems(run: Run) -> list[str]:
     """Everything a learner would see go wrong in a lesson run top to bottom."""
     out = []
@@ -331,19 +336,32 @@ def lesson_problems(run: Run) -> list[str]:
 
 
 def first_answer_problems(run: Run) -> list[str]:
-    """An untouched exercise: the first answer cell is the first to fail, with NotImplementedError."""
+    """An untouched exercise: the first failure is the NotImplementedError of the first answer, raised in the
+    answer cell itself or in a test cell before the next answer, and run-all stops there."""
     code = run.code_cells()
-    answers = [c for c in code if (c["nbgrader"] or {}).get("solution")]
+    answers = [c["index"] for c in code if (c["nbgrader"] or {}).get("solution")]
     if not answers:
         return ["no nbgrader answer cell (metadata nbgrader.solution) found"]
     failing = [c for c in code if _errors(c)]
     if not failing:
-        return [f"no cell failed: answer cell {answers[0]['index']} should raise NotImplementedError"]
+        return [f"no cell failed: the answer in cell {answers[0]} should raise NotImplementedError"]
     first, err = failing[0], _errors(failing[0])[0]
-    if first["index"] != answers[0]["index"] or err["ename"] != "NotImplementedError":
-        return [f"first failure is cell {first['index']} ({err['ename']}: {err['evalue']}), expected "
-                f"NotImplementedError in answer cell {answers[0]['index']}"]
-    return []
+    out = []
+    if not answers[0] <= first["index"] < (answers[1:] or [len(run.cells)])[0] or err["ename"] != "NotImplementedError":
+        out.append(f"first failure is cell {first['index']} ({err['ename']}: {err['evalue']}), expected the "
+                   f"NotImplementedError of the answer in cell {answers[0]}")
+    ran_after = [c["index"] for c in code if c["index"] > first["index"] and c["executionCount"] is not None]
+    if ran_after:
+        out.append(f"run-all did not stop at cell {first['index']}: cells {ran_after} ran")
+    return out
+
+
+def summary(run: Run) -> str:
+    code = run.code_cells()
+    images = sum(len(c["images"]) for c in code)
+    views = sum(len(c["bertviz"]) for c in code)
+    return (f"{run.seconds:6.1f} s  {len(code):3d} code cells, {run.n_clicks} widget clicks, {images} images, "
+            f"{views} BertViz views")
 
 
 def fill_answers(exercise: dict, solution: dict) -> dict:
@@ -366,7 +384,8 @@ def report(run: Run, problems: list[str]) -> str:
     head = f"{run.path}: {len(run.code_cells())} code cells, {run.n_clicks} widget clicks, {run.seconds:.1f} s"
     if run.screenshot:
         head += f", screenshot {run.screenshot}"
-    return "\n  ".join([head] + problems)
+    others = [f"(page error, not counted: {e[:200]})" for e in run.page_errors if not any(m in e for m in JS_ERRORS)]
+    return "\n  ".join([head] + problems + others)
 
 
 if __name__ == "__main__":  # python tests/browser/labdriver.py notebooks/01_remember.ipynb ...

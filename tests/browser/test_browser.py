@@ -25,8 +25,8 @@ import labdriver as lab  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ARTIFACTS = REPO / "artifacts" / "browser"
-LESSONS = sorted(REPO.glob("notebooks/[0-9]*.ipynb"))
-EXERCISES = sorted(REPO.glob("exercises/[0-9]*.ipynb"))
+LESSONS = sorted(REPO.glob("notebooks/*.ipynb"))
+EXERCISES = sorted(REPO.glob("exercises/*.ipynb"))
 TIMEOUT = float(os.environ.get("BLOOMLIB_BROWSER_TIMEOUT", "900"))  # seconds per notebook
 
 pytestmark = pytest.mark.browser
@@ -49,7 +49,7 @@ class Session:
     def run(self, rel: str, name: str, **kwargs) -> lab.Run:
         run = lab.run_notebook(self.browser, self.server, rel, timeout=TIMEOUT,
                                screenshot=ARTIFACTS / f"{name}.png", **kwargs)
-        self.times[name] = run.seconds
+        self.times[name] = (run.seconds, lab.summary(run))
         return run
 
 
@@ -70,8 +70,8 @@ def session(tmp_path_factory, request):
         s = Session(server, browser, root)
         yield s
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"{name:<40} {sec:6.1f} s" for name, sec in s.times.items()]
-    lines.append(f"{'total (notebooks only)':<40} {sum(s.times.values()):6.1f} s")
+    lines = [f"{name:<36} {line}" for name, (_, line) in s.times.items()]
+    lines.append(f"{'total (notebooks only)':<36} {sum(sec for sec, _ in s.times.values()):6.1f} s")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "timings.txt").write_text("\n".join(lines) + "\n")
     if reporter:
