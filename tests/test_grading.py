@@ -370,6 +370,10 @@ def graded(source, exercise, tmp_path_factory):
             sub_cells.append(_suffixed(cells[gid], k))
             if gid == answer:
                 sub_cells[-1].source = textwrap.dedent(code).strip()
+    src_cells, sub_cells = copy.deepcopy(src_cells), copy.deepcopy(sub_cells)
+    for cell_list in (src_cells, sub_cells):  # copies of one cell would share an id (nbformat warns)
+        for i, cell in enumerate(cell_list):
+            cell["id"] = f"cell-{i}"
     src = nbformat.v4.new_notebook(cells=src_cells, metadata=source.metadata)
     sub = nbformat.v4.new_notebook(cells=sub_cells, metadata=source.metadata)
     return {q["id"]: q for q in grading.grade_notebook(sub, source=src, timeout=120)["questions"]}
