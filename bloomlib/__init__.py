@@ -17,8 +17,10 @@ from bloomlib.model import GPT, Transformer, count_parameters, flops_per_token, 
 from bloomlib.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
 from bloomlib.pretrained import (MissingExtraError, load_bert, minilm, minilm_or_none, semantic_search,
                                  sentence_embeddings)
+from bloomlib.quiz import Flashcards, Question, Quiz
 from bloomlib.sampling import sample_next_token
 from bloomlib.tokenizer import ByteBPETokenizer, CharTokenizer, load_tokenizer
+from bloomlib.viz import head_view, inline_js_libraries, model_view, plot_attention
 from bloomlib.variants import (AudioFrontend, BertInputs, PatchEmbedding, bert_inputs, mel_filterbank,
                                mel_spectrogram, patchify)
 
@@ -34,5 +36,6 @@ __all__ = [
     "ColumnParallelLinear", "RowParallelLinear", "TensorParallelMLP", "init_distributed", "launch",
     "tensor_parallel_demo", "export_gpt2", "import_gpt2", "MissingExtraError", "load_bert", "minilm",
     "minilm_or_none", "semantic_search", "sentence_embeddings",
+    "Flashcards", "Question", "Quiz", "head_view", "inline_js_libraries", "model_view", "plot_attention",
     "AudioFrontend", "BertInputs", "PatchEmbedding", "bert_inputs", "mel_filterbank", "mel_spectrogram", "patchify",
 ]
