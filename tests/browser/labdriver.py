@@ -30,7 +30,7 @@ IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
 # user settings for the test's own JupyterLab: no news popup, every cell in the DOM, no autosave
 LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none", "recordTiming": True},
     "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
 }
 
@@ -68,8 +68,8 @@ class LabServer:
                f"--port={self.port}", "--port-retries=0", f"--ServerApp.token={self.token}",
                f"--ServerApp.root_dir={self.root}", "--LabApp.expose_app_in_browser=True",
                "--LabApp.news_url=None", "--ServerApp.open_browser=False"]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     cwd=self.root)
+        self._log = self.log.open("w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.root)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,6 +97,8 @@ class LabServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc:
+            self._log.close()
 
     def __enter__(self) -> "LabServer":
         return self.start()
@@ -155,6 +157,9 @@ JS_REPORT = f"""(path) => {{
                   nbgrader: c.model.getMetadata('nbgrader') || null, source: c.model.sharedModel.getSource()}};
     if (c.model.type !== 'code') return cell;
     cell.executionCount = c.model.executionCount;
+    const t = c.model.getMetadata('execution') || {{}};
+    cell.seconds = t['iopub.execute_input'] && t['shell.execute_reply']
+      ? (Date.parse(t['shell.execute_reply']) - Date.parse(t['iopub.execute_input'])) / 1000 : null;
     const area = c.outputArea.node, children = Array.from(area.querySelectorAll(':scope > .jp-OutputArea-child'));
     cell.outputs = c.model.outputs.toJSON().map((o, i) => ({{
       type: o.output_type, ename: o.ename || null, evalue: o.evalue || null,
@@ -178,7 +183,10 @@ JS_MARK_WIDGETS = f"""(path) => {{  // tag the DOM of every widget output: data-
     if (c.model.type !== 'code') return;
     const children = Array.from(c.outputArea.node.querySelectorAll(':scope > .jp-OutputArea-child'));
     c.model.outputs.toJSON().forEach((o, i) => {{
-      if (o.data && o.data['{WIDGET_MIME}'] && children[i]) {{ children[i].setAttribute('data-bl-widget', `${{index}}.${{i}}`); n++; }}
+      if (o.data && o.data['{WIDGET_MIME}'] && children[i]) {{
+        children[i].setAttribute('data-bl-widget', `${{index}}.${{i}}`);
+        n++;
+      }}
     }});
   }});
   return n;
@@ -267,8 +275,8 @@ def run_notebook(browser, server: LabServer, path: str, *, timeout: float = 900.
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.on("pageerror", lambda e: run.page_errors.append(str(e)))
     try:
-        page.goto(server.url(path, "bl" + secrets.token_hex(4)))
-        page.wait_for_function(JS_READY, arg=path, timeout=60000, polling=250)
+        page.goto(server.url(path, "bl" + secrets.token_hex(4)), timeout=120000)
+        page.wait_for_function(JS_READY, arg=path, timeout=120000, polling=250)
         stale = page.evaluate(JS_RESTART_RUN_ALL, path)
         if stale:
             raise RuntimeError(f"{path}: clearing outputs left {stale} cells with an output or execution count")
@@ -309,7 +317,8 @@ def cell_problems(cell: dict) -> list[str]:
         if o["plain"] and FIGURE_TEXT.search(o["plain"]) and not any(m in IMAGE_MIMES for m in o["mimes"]):
             out.append(f"a matplotlib figure shows as text only: {o['plain'][:80]!r}")
     for o in cell["outputs"]:
-        if WIDGET_MIME in o["mimes"] and not (o["dom"] and o["dom"]["widget"] and not WIDGET_FAILED.search(o["dom"]["text"])):
+        shown = o["dom"] and o["dom"]["widget"] and not WIDGET_FAILED.search(o["dom"]["text"])
+        if WIDGET_MIME in o["mimes"] and not shown:
             out.append(f"a widget did not render: {(o['dom'] or {}).get('text', 'no output element')[:120]!r}")
     for v in cell["bertviz"]:
         if v["svgElements"] == 0:
@@ -360,8 +369,10 @@ def summary(run: Run) -> str:
     code = run.code_cells()
     images = sum(len(c["images"]) for c in code)
     views = sum(len(c["bertviz"]) for c in code)
+    slow = sorted((c for c in code if (c.get("seconds") or 0) >= 10), key=lambda c: -c["seconds"])[:3]
+    slow = "; slowest: " + ", ".join(f"cell {c['index']} {c['seconds']:.0f} s" for c in slow) if slow else ""
     return (f"{run.seconds:6.1f} s  {len(code):3d} code cells, {run.n_clicks} widget clicks, {images} images, "
-            f"{views} BertViz views")
+            f"{views} BertViz views{slow}")
 
 
 def fill_answers(exercise: dict, solution: dict) -> dict:
@@ -400,4 +411,4 @@ if __name__ == "__main__":  # python tests/browser/labdriver.py notebooks/01_rem
             for nb in sys.argv[1:]:
                 rel = f"{Path(nb).parent.name}/{Path(nb).name}"
                 r = run_notebook(browser, server, rel, screenshot=Path("artifacts/browser") / f"{Path(nb).stem}.png")
-                print(report(r, lesson_problems(r)))
+                print(report(r, lesson_problems(r)), "\n  page errors:", r.page_errors)

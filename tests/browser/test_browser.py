@@ -87,6 +87,7 @@ def test_fixture_all_checks_pass(session):
     views = [v for c in run.code_cells() for v in c["bertviz"]]
     assert len(views) == 2 and all(v["svgElements"] for v in views)
     assert any(c["images"] for c in run.code_cells()), "the figures should have been found as images"
+    assert f"ran to the end in {sys.prefix}" in run.code_cells()[-1]["text"], "the kernel is not this environment's"
 
 
 def test_fixture_all_checks_fail(session):
