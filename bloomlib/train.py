@@ -41,6 +41,7 @@ class TrainConfig:
     eval_interval: int = 100
     eval_batches: int = 20
     seed: int = 0
+    compile: bool = False  # torch.compile the model (worth it on a GPU; slow to start on a CPU)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -103,6 +104,8 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
     device = next(model.parameters()).device
     if world > 1 and raw is model:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
     progress, log = progress and rank == 0, log if rank == 0 else None
     seq_len = cfg.seq_len or raw.config.block_size
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     defaults = TrainConfig()
     for name in ("steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay",
                  "grad_clip", "eval_interval", "eval_batches", "seed"):
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "lr", "min_lr",
                                                        "warmup_steps", "weight_decay", "grad_clip",
-                                                       "eval_interval", "eval_batches", "seed")})
+                                                       "eval_interval", "eval_batches", "seed", "compile")})
     from bloomlib.checkpoint import load_checkpoint, save_checkpoint
     from bloomlib.distributed import init_distributed
     from bloomlib.model import GPT

@@ -91,3 +91,16 @@ def test_course_command_reproduces_shipped_val_loss(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     again = json.loads((tmp_path / "model" / "config.json").read_text())["meta"]
     assert abs(again["val_loss"] - shipped["val_loss"]) < 0.1, (again["val_loss"], shipped["val_loss"])
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager():
+    """`TrainConfig(compile=True)` (torch.compile, the GPU fast path) gives the same losses as eager mode."""
+    data = torch.arange(8).repeat(100)
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig.preset("tiny", vocab_size=8, block_size=16))
+        cfg = TrainConfig(steps=5, batch_size=4, warmup_steps=1, eval_interval=5, eval_batches=1, compile=compiled)
+        losses[compiled] = train(model, data, data, cfg, progress=False, log=None)["loss"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
