@@ -89,6 +89,17 @@ class LabServer:
     def url(self, path: str, workspace: str) -> str:
         return f"{self.base}/lab/workspaces/{workspace}/tree/{path}?reset&token={self.token}"
 
+    def shutdown_kernels(self) -> None:
+        """Stop every kernel (also one left running by a notebook that timed out)."""
+        def call(method: str, path: str):
+            req = urllib.request.Request(f"{self.base}{path}", method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read() or b"null")
+
+        for kernel in call("GET", "/api/kernels"):
+            call("DELETE", f"/api/kernels/{kernel['id']}")
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -191,7 +202,6 @@ JS_MARK_WIDGETS = f"""(path) => {{  // tag the DOM of every widget output: data-
   }});
   return n;
 }}"""
-JS_SHUTDOWN = f"""async (path) => {{ const w = ({_FIND})(path); if (w) {{ await w.sessionContext.shutdown(); }} }}"""
 
 FIGURE_TEXT = re.compile(r"<Figure size \d+x\d+ with \d+ Axes>")
 WIDGET_FAILED = re.compile(r"Error displaying widget|Loading widget|Failed to load model")
@@ -295,9 +305,9 @@ def run_notebook(browser, server: LabServer, path: str, *, timeout: float = 900.
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot))
             run.screenshot = screenshot
-        page.evaluate(JS_SHUTDOWN, path)
     finally:
         page.close()
+        server.shutdown_kernels()
         run.seconds = time.monotonic() - start
     return run
 

@@ -74,10 +74,13 @@ def session(tmp_path_factory, request):
     lines.append(f"{'total (notebooks only)':<36} {sum(sec for sec, _ in s.times.values()):6.1f} s")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "timings.txt").write_text("\n".join(lines) + "\n")
-    if reporter:
-        reporter.write_sep("-", "browser test: seconds per notebook")
-        for line in lines:
-            reporter.write_line(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter and capture:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_sep("-", "browser test: seconds per notebook (also in artifacts/browser/timings.txt)")
+            for line in lines:
+                reporter.write_line(line)
 
 
 def test_fixture_all_checks_pass(session):
@@ -134,3 +137,16 @@ def test_exercise_with_solutions_passes(session, nb):
     run = session.run(rel, f"exercise_{nb.stem}_filled")
     problems = lab.lesson_problems(run)
     assert not problems, lab.report(run, problems)
+    assert lab.first_answer_problems(run), "the untouched-exercise check should reject a completed exercise"
+
+
+def test_fill_answers_strips_markers_and_needs_every_answer():
+    ex = {"cells": [{"cell_type": "code", "source": "raise NotImplementedError()",
+                     "metadata": {"nbgrader": {"grade_id": "q1", "solution": True}}}]}
+    sol = {"cells": [{"cell_type": "code", "source": "x = 1\n### BEGIN SOLUTION\ny = 2\n### END SOLUTION\n",
+                      "metadata": {"nbgrader": {"grade_id": "q1", "solution": True}}}]}
+    assert lab.fill_answers(ex, sol)["cells"][0]["source"] == "x = 1\ny = 2\n"
+    assert ex["cells"][0]["source"] == "raise NotImplementedError()", "the exercise itself must not change"
+    sol["cells"][0]["metadata"]["nbgrader"]["grade_id"] = "other"
+    with pytest.raises(KeyError, match="q1"):
+        lab.fill_answers(ex, sol)
