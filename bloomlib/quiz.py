@@ -41,6 +41,7 @@ class Flashcards(_Displayable):
         for b, f in zip(buttons, (self.previous, self.flip, self.next)):
             b.on_click(lambda _, f=f: f())
         self.widget = w.VBox([w.HTML(f"<b>{html.escape(title)}</b>"), self.face, w.HBox(buttons)])
+        self.widget.add_class("bloomlib-flashcards")  # stable hooks for styling and the browser test
         self._render()
 
     @property
@@ -103,12 +104,14 @@ class Quiz(_Displayable):
         for i, q in enumerate(self.questions):
             radio = w.RadioButtons(options=q.choices, value=None, layout=w.Layout(width="max-content"))
             check, fb = w.Button(description="Check"), w.HTML()
+            fb.add_class("bloomlib-feedback")
             check.on_click(lambda _, i=i: self.answer(i, self._radios[i].index) if self._radios[i].index is not None
                            else setattr(self._feedback[i], "value", "Pick an answer first."))
             self._radios.append(radio)
             self._feedback.append(fb)
             boxes.append(w.VBox([w.HTML(f"<b>{i + 1}.</b> {html.escape(q.prompt)}"), radio, w.HBox([check, fb])]))
         self.widget = w.VBox(boxes)
+        self.widget.add_class("bloomlib-quiz")
 
     def answer(self, i: int, choice: int | str) -> str:
         """Answer question i with a choice index or the choice's text; returns the feedback shown."""
