@@ -7,6 +7,18 @@ from __future__ import annotations
 
 import pytest
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Unit tests use tiny shapes: one intra-op thread avoids OpenMP threads spin-waiting for a busy
+    core (up to 100x slower on a shared 2-core machine). Notebooks and subprocesses are unaffected."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # nbval runs notebooks/ and solutions/ only: notebooks used as test data under tests/ are not lessons
 collect_ignore_glob = ["*.ipynb"]
 

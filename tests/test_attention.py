@@ -21,14 +21,6 @@ except Exception as e:  # noqa: BLE001
     _FLASH_SKIP = f"bloomlib.kernels.flash_attention cannot be imported: {type(e).__name__}: {e}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one intra-op thread avoids spin-waiting threads on a busy machine (100x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 BACKENDS = ["sdpa", "math", pytest.param("flash", marks=pytest.mark.skipif(_FLASH_SKIP is not None,
                                                                          reason=str(_FLASH_SKIP)))]
 

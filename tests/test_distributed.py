@@ -39,14 +39,6 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
         save_file({**state, "loss": torch.tensor(hist["loss"], dtype=torch.float64)}, out)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
     launch(_ddp_worker, 2, str(tmp_path / "ddp.safetensors"))
     ddp = load_file(tmp_path / "ddp.safetensors")

@@ -8,15 +8,6 @@ from bloomlib import GPT, Encoder, EncoderDecoder, GPTConfig, KVCache
 from bloomlib.blocks import Block
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one intra-op thread avoids spin-waiting threads on a busy machine (100x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sharpen(model, seed=0):
     """Larger-than-init random weights (float64), so that every token visibly influences the others."""
     torch.manual_seed(seed)

@@ -13,14 +13,6 @@ from bloomlib.tokenizer import ByteBPETokenizer, CharTokenizer
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     ckpt = load_course_model()

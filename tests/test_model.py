@@ -8,15 +8,6 @@ from bloomlib import GPT, GPTConfig, count_parameters
 from bloomlib.data import reverse_task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one intra-op thread avoids spin-waiting threads on a busy machine (100x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sharp_model(seed=0, **over) -> GPT:
     """A tiny float64 GPT with larger-than-init random weights, so attention is far from uniform and a wrong
     position, mask or cache entry changes the logits visibly."""

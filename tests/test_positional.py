@@ -9,15 +9,6 @@ import bloomlib
 from bloomlib.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one intra-op thread avoids spin-waiting threads on a busy machine (100x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_sinusoidal_is_sin_at_even_cos_at_odd():
     T, d = 12, 16
     pe = sinusoidal_encoding(T, d)

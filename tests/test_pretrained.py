@@ -11,14 +11,6 @@ SENTENCES = ["The cat sits on the mat.", "A transformer reads every token at onc
              "Hi", "Paris is the capital of France; its river is the Seine."]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def loaded():
     pytest.importorskip("transformers")

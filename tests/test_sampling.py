@@ -9,15 +9,6 @@ from bloomlib.sampling import (apply_repetition_penalty, check_sampling_args, fi
                                top_k_filter, top_p_filter)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one intra-op thread avoids spin-waiting threads on a busy machine (100x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def softmax(xs):
     m = max(x for x in xs if x != -math.inf)
     e = [math.exp(x - m) if x != -math.inf else 0.0 for x in xs]

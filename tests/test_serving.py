@@ -16,15 +16,6 @@ TEXT = ("The quick brown fox jumps over the lazy dog. Attention is all you need;
         "Naïve café, über straße, 東京 and emoji 🙂🚀 too. ") * 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one intra-op thread avoids spin-waiting threads on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_gpt(pos="learned", vocab=64, n_kv_head=2, seed=0, block_size=64) -> GPT:
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=2, n_head=4, n_kv_head=n_kv_head,

@@ -10,15 +10,6 @@ from bloomlib.serving.quantization import Int4Linear, Int8Linear, quantize_model
 from bloomlib.serving.speculative import SpeculativeDecoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one intra-op thread avoids spin-waiting threads on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gpt(seed, vocab=64, n_layer=2, d_model=32, pos="learned", std=None) -> GPT:
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=vocab, block_size=64, n_layer=n_layer, n_head=2, d_model=d_model,

@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from bloomlib.tokenizer import CharTokenizer
 from bloomlib.variants import AudioFrontend, PatchEmbedding, bert_inputs, mel_filterbank, mel_spectrogram, patchify
 
-torch.set_num_threads(1)
-
 
 @pytest.mark.parametrize("shape,p", [((2, 3, 8, 12), 4), ((1, 1, 6, 6), 3), ((3, 2, 4, 4), 1), ((1, 3, 5, 5), 5)])
 def test_patchify_matches_unfold(shape, p):
