@@ -66,8 +66,6 @@ class ModelRunner:
 
     def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int) -> None:
         cfg = model.config
-        if cfg.pos_encoding not in ("learned", "sinusoidal", "none", "rope", "alibi"):
-            raise ValueError(f"the serving engine does not support pos_encoding={cfg.pos_encoding!r}")
         if getattr(model.transformer, "type_emb", None) is not None:
             raise ValueError("the serving engine serves decoder-only GPTs without token types")
         self.model, self.config, self.block_size = model.eval(), cfg, block_size
