@@ -232,23 +232,23 @@ class MultiHeadAttention(nn.Module):
         """
         if x.dim() != 3:
             raise ValueError(f"x must have shape (batch, seq, d_model), got {tuple(x.shape)}")
+        cross = context is not None
+        if rope is not None and cross:
+            raise ValueError("RoPE does not apply to cross-attention")
         B, T, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_head)
-        cross = context is not None
         if cross and kv_cache is not None and kv_cache.cross[layer] is not None:
             k, v = kv_cache.cross[layer]
         else:
             src = context if cross else x
             k, v = self._heads(self.k_proj(src), self.n_kv_head), self._heads(self.v_proj(src), self.n_kv_head)
-            if rope is not None and not cross:
+            if rope is not None:
                 q, k = rope(q, positions), rope(k, positions)
             if kv_cache is not None:
                 if cross:
                     kv_cache.cross[layer] = (k, v)
                 else:
                     k, v = kv_cache.append(layer, k, v)
-        if rope is not None and cross:
-            raise ValueError("RoPE does not apply to cross-attention")
         causal = self.causal and not cross
         window = None if cross else self.sliding_window
         out, weights = self._attend(q, k, v, mask, bias, causal, window, need_weights)
