@@ -187,71 +187,97 @@ class KVCache:
             B, H, _, D = k.shape
             self._k[layer] = k.new_empty(B, H, self.max_len, D)
             self._v[layer] = v.new_empty(B, H, self.max_len, v.shape[-1])
-        self._k[layer][:, :, start:end] = k
-        self._v[layer][:, :, start:end] = v
+        k_all, v_all = self._k[layer], self._v[layer]
+        k_all.narrow(2, start, end - start).copy_(k)  # narrow/copy_: the same as [:, :, start:end] = k, cheaper
+        v_all.narrow(2, start, end - start).copy_(v)
         self._len[layer] = end
-        return self._k[layer][:, :, :end], self._v[layer][:, :, :end]
+        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with separate Q, K, V, output projections; MHA, GQA (n_kv_head < n_head) or MQA (1).
+    """Multi-head attention: MHA, GQA (n_kv_head < n_head) or MQA (n_kv_head = 1).
 
-    x: (B, T, d_model) -> (B, T, d_model). With `context` (B, S, d_model) it is cross-attention.
+    x: (B, T, d_model) -> (B, T, d_model).
+    Self-attention makes queries, keys and values with one matmul: `qkv_proj` stacks W_Q, W_K and W_V as
+    rows (as GPT-2 and vLLM do), and the output is split into q (n_head heads), k and v (n_kv_head heads each).
+    Cross-attention (cross=True, used with a `context` (B, S, d_model)) takes queries from x (`q_proj`) and
+    keys and values from the context (`kv_proj`, W_K and W_V stacked). `o_proj` maps the heads back to d_model.
     backend: "sdpa" uses torch's fused F.scaled_dot_product_attention, "math" bloomlib's step-by-step
     attention, "flash" bloomlib.kernels.flash_attention. Weights, when asked for, always come from "math".
     """
 
     def __init__(self, d_model: int, n_head: int, n_kv_head: int | None = None, *, bias: bool = True,
                  causal: bool = False, sliding_window: int | None = None, dropout: float = 0.0,
-                 backend: str = "sdpa") -> None:
+                 backend: str = "sdpa", cross: bool = False) -> None:
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if d_model % n_head:
             raise ValueError(f"n_head={n_head} must divide d_model={d_model}")
         if n_head % n_kv_head:
             raise ValueError(f"n_kv_head={n_kv_head} must divide n_head={n_head}")
+        if cross and (causal or sliding_window):
+            raise ValueError("cross-attention reads the whole context: it cannot be causal or windowed")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, d_model // n_head
         self.causal, self.sliding_window, self.dropout, self.backend = causal, sliding_window, dropout, backend
-        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
+        self.cross = cross
+        q_dim, kv_dim = n_head * self.head_dim, n_kv_head * self.head_dim
+        if cross:
+            self.q_proj = nn.Linear(d_model, q_dim, bias=bias)
+            self.kv_proj = nn.Linear(d_model, 2 * kv_dim, bias=bias)
+        else:
+            self.qkv_proj = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=bias)
+        self.o_proj = nn.Linear(q_dim, d_model, bias=bias)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:  # (B, T, n*hd) -> (B, n, T, hd)
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)
+
+    def project(self, x: torch.Tensor, context: torch.Tensor | None = None):
+        """The projections, split into heads: q (B, n_head, T, hd), k and v (B, n_kv_head, T or S, hd).
+
+        For cross-attention without a context, k and v are None (the caller has them cached)."""
+        if not self.cross:
+            H, KV = self.n_head, self.n_kv_head
+            return self._heads(self.qkv_proj(x), H + 2 * KV).split([H, KV, KV], dim=1)
+        q = self._heads(self.q_proj(x), self.n_head)
+        if context is None:
+            return q, None, None
+        k, v = self._heads(self.kv_proj(context), 2 * self.n_kv_head).chunk(2, dim=1)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, rope=None, positions: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, layer: int = 0,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, d_model). mask: boolean, broadcastable to (B, H, T, n_k), True = may attend (e.g. padding).
+        context: (B, S, d_model), the sequence a cross-attention module reads (required when cross=True).
         bias: additive (H, T, n_k) or broadcastable (ALiBi). rope: a RotaryEmbedding applied at `positions` (T,).
         kv_cache: new keys/values are appended at slot `layer` (for cross-attention they are computed once).
         Returns (output (B, T, d_model), weights (B, H, T, n_k) or None).
         """
         if x.dim() != 3:
             raise ValueError(f"x must have shape (batch, seq, d_model), got {tuple(x.shape)}")
-        cross = context is not None
-        if rope is not None and cross:
+        if self.cross != (context is not None):
+            raise ValueError("cross-attention needs `context` (the encoder output)" if self.cross else
+                             "this module does self-attention; build MultiHeadAttention(..., cross=True) "
+                             "to attend to a `context`")
+        if rope is not None and self.cross:
             raise ValueError("RoPE does not apply to cross-attention")
         B, T, _ = x.shape
-        q = self._heads(self.q_proj(x), self.n_head)
-        if cross and kv_cache is not None and kv_cache.cross[layer] is not None:
-            k, v = kv_cache.cross[layer]
+        if self.cross:
+            cached = kv_cache.cross[layer] if kv_cache is not None else None
+            q, k, v = self.project(x, None if cached is not None else context)
+            if cached is not None:
+                k, v = cached
+            elif kv_cache is not None:
+                kv_cache.cross[layer] = (k, v)
         else:
-            src = context if cross else x
-            k, v = self._heads(self.k_proj(src), self.n_kv_head), self._heads(self.v_proj(src), self.n_kv_head)
+            q, k, v = self.project(x)
             if rope is not None:
                 q, k = rope(q, positions), rope(k, positions)
             if kv_cache is not None:
-                if cross:
-                    kv_cache.cross[layer] = (k, v)
-                else:
-                    k, v = kv_cache.append(layer, k, v)
-        causal = self.causal and not cross
-        window = None if cross else self.sliding_window
-        out, weights = self._attend(q, k, v, mask, bias, causal, window, need_weights)
+                k, v = kv_cache.append(layer, k, v)
+        out, weights = self._attend(q, k, v, mask, bias, self.causal, self.sliding_window, need_weights)
         out = out.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(out), weights
 

@@ -20,6 +20,14 @@ def make_norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
+def apply_dropout(dropout: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """dropout(x), skipped when it would change nothing (eval mode or p = 0).
+
+    A one-token decoding step is so small that even a do-nothing module call shows in the time per token.
+    """
+    return dropout(x) if dropout.training and dropout.p > 0 else x
+
+
 class FeedForward(nn.Module):
     """Position-wise MLP, (B, T, d_model) -> (B, T, d_model), applied to every position independently.
 
@@ -41,7 +49,7 @@ class FeedForward(nn.Module):
             h = F.relu(self.up(x))
         else:
             h = F.gelu(self.up(x), approximate="tanh" if self.kind == "gelu_tanh" else "none")
-        return self.dropout(self.down(h))
+        return apply_dropout(self.dropout, self.down(h))
 
 
 class Block(nn.Module):
@@ -54,38 +62,42 @@ class Block(nn.Module):
         super().__init__()
         self.prenorm = config.prenorm
 
-        def attention(causal: bool) -> MultiHeadAttention:
+        def attention(cross: bool) -> MultiHeadAttention:
+            causal = config.causal and not cross
             return MultiHeadAttention(config.d_model, config.n_head, config.n_kv_head, bias=config.bias,
                                       causal=causal, sliding_window=config.sliding_window if causal else None,
-                                      dropout=config.dropout, backend=config.attn_backend)
+                                      dropout=config.dropout, backend=config.attn_backend, cross=cross)
 
-        self.norm1, self.attn = make_norm(config), attention(config.causal)
+        self.norm1, self.attn = make_norm(config), attention(cross=False)
         self.norm_cross = make_norm(config) if cross_attention else None
-        self.cross_attn = attention(False) if cross_attention else None
+        self.cross_attn = attention(cross=True) if cross_attention else None
         self.norm2, self.ffn = make_norm(config), FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def _sublayer(self, x: torch.Tensor, norm: nn.Module, f) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Residual around f, with the norm before (pre-LN) or after (post-LN). f returns (out, weights)."""
-        if self.prenorm:
-            out, w = f(norm(x))
-            return x + self.dropout(out), w
-        out, w = f(x)
-        return norm(x + self.dropout(out)), w
+    def _residual(self, x: torch.Tensor, out: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """The residual connection x + out; post-LN normalises the sum (pre-LN normalised the sublayer's input)."""
+        x = x + apply_dropout(self.dropout, out)
+        return x if self.prenorm else norm(x)
 
     def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                 rope=None, positions: torch.Tensor | None = None, kv_cache: KVCache | None = None, layer: int = 0,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
-        """Returns (x, weights) with weights {"self": (B, H, T, n_k), "cross": (B, H, T, S)} when need_weights."""
+        """Returns (x, weights) with weights {"self": (B, H, T, n_k), "cross": (B, H, T, S)} when need_weights.
+
+        Each sublayer: pre-LN x = x + f(norm(x)); post-LN x = norm(x + f(x)).
+        """
         weights: dict[str, torch.Tensor | None] = {}
-        x, weights["self"] = self._sublayer(x, self.norm1, lambda h: self.attn(
-            h, mask=mask, bias=bias, rope=rope, positions=positions, kv_cache=kv_cache, layer=layer,
-            need_weights=need_weights))
+        h = self.norm1(x) if self.prenorm else x
+        out, weights["self"] = self.attn(h, mask=mask, bias=bias, rope=rope, positions=positions, kv_cache=kv_cache,
+                                         layer=layer, need_weights=need_weights)
+        x = self._residual(x, out, self.norm1)
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass the encoder output as `context`")
-            x, weights["cross"] = self._sublayer(x, self.norm_cross, lambda h: self.cross_attn(
-                h, context=context, mask=context_mask, kv_cache=kv_cache, layer=layer, need_weights=need_weights))
-        x, _ = self._sublayer(x, self.norm2, lambda h: (self.ffn(h), None))
-        return x, weights
+            h = self.norm_cross(x) if self.prenorm else x
+            out, weights["cross"] = self.cross_attn(h, context=context, mask=context_mask, kv_cache=kv_cache,
+                                                    layer=layer, need_weights=need_weights)
+            x = self._residual(x, out, self.norm_cross)
+        h = self.norm2(x) if self.prenorm else x
+        return self._residual(x, self.ffn(h), self.norm2), weights

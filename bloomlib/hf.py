@@ -48,25 +48,20 @@ def gpt2_config(config: GPTConfig, eos_id: int | None = None) -> dict:
             "torch_dtype": "float32"}
 
 
-def _gpt2_layout(model: GPT) -> list[tuple[list[torch.Tensor], str, bool]]:
+def _gpt2_layout(model: GPT) -> list[tuple[torch.Tensor, str, bool]]:
     """(our tensors, GPT2LMHeadModel name, transposed). GPT-2's Conv1D stores (in, out), our Linear's .T;
-    its c_attn stacks q, k, v along the output features."""
+    its c_attn stacks q, k, v along the output features, as our qkv_proj does."""
     t = model.transformer
-    out = [([t.tok_emb.weight], "transformer.wte.weight", False),
-           ([t.pos_emb.weight], "transformer.wpe.weight", False)]
+    out = [(t.tok_emb.weight, "transformer.wte.weight", False), (t.pos_emb.weight, "transformer.wpe.weight", False)]
     for i, b in enumerate(t.blocks):
         p, a = f"transformer.h.{i}.", b.attn
-        qkv = (a.q_proj, a.k_proj, a.v_proj)
-        out += [([m.weight for m in qkv], p + "attn.c_attn.weight", True),
-                ([m.bias for m in qkv], p + "attn.c_attn.bias", False)]
-        for ours, theirs in ((b.norm1, "ln_1"), (b.norm2, "ln_2"), (a.o_proj, "attn.c_proj"), (b.ffn.up, "mlp.c_fc"),
-                             (b.ffn.down, "mlp.c_proj")):
-            out += [([ours.weight], p + theirs + ".weight", isinstance(ours, torch.nn.Linear)),
-                    ([ours.bias], p + theirs + ".bias", False)]
-    out += [([t.final_norm.weight], "transformer.ln_f.weight", False),
-            ([t.final_norm.bias], "transformer.ln_f.bias", False)]
+        for ours, theirs in ((b.norm1, "ln_1"), (b.norm2, "ln_2"), (a.qkv_proj, "attn.c_attn"),
+                             (a.o_proj, "attn.c_proj"), (b.ffn.up, "mlp.c_fc"), (b.ffn.down, "mlp.c_proj")):
+            out += [(ours.weight, p + theirs + ".weight", isinstance(ours, torch.nn.Linear)),
+                    (ours.bias, p + theirs + ".bias", False)]
+    out += [(t.final_norm.weight, "transformer.ln_f.weight", False), (t.final_norm.bias, "transformer.ln_f.bias", False)]
     if not model.config.tie_weights:
-        out.append(([model.lm_head.weight], "lm_head.weight", False))
+        out.append((model.lm_head.weight, "lm_head.weight", False))
     return out
 
 
@@ -74,7 +69,7 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """bloomlib GPT weights under GPT2LMHeadModel's names (float32, on the CPU)."""
     sd = {}
     for ours, name, transposed in _gpt2_layout(model):
-        w = torch.cat([x.detach() for x in ours])
+        w = ours.detach()
         sd[name] = (w.T if transposed else w).float().cpu().contiguous()
     return sd
 
@@ -148,8 +143,8 @@ def import_gpt2(folder: str | Path) -> GPT:
             if key not in sd:
                 raise ValueError(f"{folder / 'model.safetensors'} lacks {name}")
             w = sd[key].T if transposed else sd[key]
-            if w.shape != (want := (sum(x.shape[0] for x in ours), *ours[0].shape[1:])):
+            if w.shape != ours.shape:
+                want = tuple(ours.T.shape if transposed else ours.shape)
                 raise ValueError(f"{name} has shape {tuple(sd[key].shape)}, expected {want}")
-            for x, part in zip(ours, w.split([x.shape[0] for x in ours])):
-                x.copy_(part)
+            ours.copy_(w)
     return model.eval()

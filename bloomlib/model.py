@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from bloomlib.attention import KVCache
-from bloomlib.blocks import Block, make_norm
+from bloomlib.blocks import Block, apply_dropout, make_norm
 from bloomlib.config import GPTConfig
 from bloomlib.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
 from bloomlib.sampling import apply_repetition_penalty, check_sampling_args, sample_next_token
@@ -54,15 +54,24 @@ class Transformer(nn.Module):
             x = x + self.type_emb(torch.zeros_like(idx) if token_type_ids is None else token_type_ids)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        return self.dropout(x)
+        return apply_dropout(self.dropout, x)
+
+    def check_token_ids(self, idx: torch.Tensor) -> None:
+        """Raise ValueError unless every id in idx is in [0, vocab_size)."""
+        if idx.numel():
+            lo, hi = torch.aminmax(idx)
+            lo, hi = int(lo), int(hi)
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got [{lo}, {hi}]")
 
     def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, list[dict]]:
+                need_weights: bool = False, check_ids: bool = True) -> tuple[torch.Tensor, list[dict]]:
         """idx: (B, T) token ids. attention_mask: (B, n_k) 1 = real token, 0 = padding (keys to ignore).
         kv_cache: past keys/values; the T new tokens continue at position kv_cache.length.
         context / context_mask: encoder output (B, S, d_model) and its padding mask (B, S) for cross-attention.
+        check_ids=False skips the id-range check (generation checks the prompt once, not every step).
         Returns (hidden (B, T, d_model), per-layer attention weights (empty unless need_weights)).
         """
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
@@ -72,9 +81,8 @@ class Transformer(nn.Module):
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens is longer than the context window "
                              f"(block_size={self.config.block_size})")
-        if T and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got [{int(idx.min())}, "
-                             f"{int(idx.max())}]")
+        if check_ids:
+            self.check_token_ids(idx)
         positions = torch.arange(past, past + T, device=idx.device)
         x = self.embed(idx, positions, token_type_ids)
         mask = None if attention_mask is None else _padding_mask(attention_mask, B, past + T, "attention_mask")
@@ -123,7 +131,6 @@ class GPT(nn.Module):
     def new_kv_cache(self) -> KVCache:
         return KVCache(self.config.n_layer, self.config.block_size)
 
-    @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, repetition_penalty: float = 1.0, stop_tokens=None,
                  generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
@@ -139,32 +146,57 @@ class GPT(nn.Module):
             raise ValueError(f"idx must be a non-empty (batch, seq) prompt, got shape {tuple(idx.shape)}")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        self.transformer.check_token_ids(idx)  # once: every later token comes from the model's own vocabulary
+        # A one-token step is tiny, so per-call overheads dominate it on a CPU. inference_mode skips autograd's
+        # bookkeeping; turning oneDNN off for the loop keeps torch from sending exact GELU to oneDNN, whose
+        # per-call setup costs several times more than a 512-element GELU (results agree to float rounding).
+        onednn = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            with torch.inference_mode():
+                out = self._generate(idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                     stop_tokens, generator, use_cache)
+        finally:
+            torch.backends.mkldnn.enabled = onednn
+        return out.clone()  # an ordinary tensor, usable with autograd afterwards
+
+    def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_tokens,
+                  generator, use_cache) -> torch.Tensor:
+        B, T0 = idx.shape
+        seq = idx.new_empty(B, T0 + max_new_tokens)  # prompt and new tokens, filled in place
+        seq[:, :T0] = idx
         stops = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=idx.device)
-        finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         fill = torch.zeros_like(finished, dtype=torch.long)
         block = self.config.block_size
         cache, fed = None, 0  # fed: how many tokens of the current window the cache holds
+        n = T0  # tokens so far
         for _ in range(max_new_tokens):
             if not use_cache:
-                logits = self(idx[:, -block:])[:, -1]
+                h = self._last_hidden(seq[:, max(0, n - block):n], None)
+            elif cache is None or n > block:  # (re)build the cache on the last window
+                cache = self.new_kv_cache()
+                h = self._last_hidden(seq[:, max(0, n - block):n], cache)
             else:
-                if cache is None or idx.shape[1] > block:  # (re)build the cache on the last window
-                    cache = self.new_kv_cache()
-                    logits = self(idx[:, -block:], kv_cache=cache)[:, -1]
-                else:
-                    logits = self(idx[:, fed:], kv_cache=cache)[:, -1]
-                fed = idx.shape[1]
-            logits = apply_repetition_penalty(logits.float(), idx, repetition_penalty)
+                h = self._last_hidden(seq[:, fed:n], cache)
+            fed = n
+            logits = apply_repetition_penalty(self.lm_head(h).float(), seq[:, :n], repetition_penalty)
             nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
-            nxt = torch.where(finished, fill, nxt)
             if len(stops):
+                nxt = torch.where(finished, fill, nxt)
                 newly = ~finished & torch.isin(nxt, stops)
                 fill = torch.where(newly, nxt, fill)
                 finished |= newly
-            idx = torch.cat([idx, nxt[:, None]], dim=1)
+            seq[:, n] = nxt
+            n += 1
             if len(stops) and finished.all():
                 break
-        return idx
+        return seq[:, :n]
+
+    def _last_hidden(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """(B, T) ids -> (B, d_model) final hidden state of the last position (ids already checked)."""
+        h, _ = self.transformer(idx, kv_cache=cache, check_ids=False)
+        return h[:, -1]
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -56,22 +56,19 @@ def bert_config(hf: dict) -> GPTConfig:
                      type_vocab_size=hf["type_vocab_size"], embed_norm=True, final_norm=False, ffn="gelu")
 
 
-def bert_name_map(n_layer: int) -> dict[str, str]:
-    """bloomlib Encoder parameter name -> BertModel name (the MLM head has no counterpart in a BertModel)."""
-    names = {"transformer.tok_emb": "embeddings.word_embeddings",
-             "transformer.pos_emb": "embeddings.position_embeddings",
-             "transformer.type_emb": "embeddings.token_type_embeddings",
-             "transformer.embed_norm": "embeddings.LayerNorm", "pooler": "pooler.dense"}
+def bert_name_map(n_layer: int) -> dict[str, tuple[str, ...]]:
+    """bloomlib Encoder parameter name -> BertModel name(s) (the MLM head has no counterpart in a BertModel).
+    BERT keeps query, key and value apart; our qkv_proj stacks the three along its output features."""
+    names = {"transformer.tok_emb": ("embeddings.word_embeddings",),
+             "transformer.pos_emb": ("embeddings.position_embeddings",),
+             "transformer.type_emb": ("embeddings.token_type_embeddings",),
+             "transformer.embed_norm": ("embeddings.LayerNorm",), "pooler": ("pooler.dense",)}
     for i in range(n_layer):
         ours, theirs = f"transformer.blocks.{i}.", f"encoder.layer.{i}."
-        names.update({ours + "attn.q_proj": theirs + "attention.self.query",
-                      ours + "attn.k_proj": theirs + "attention.self.key",
-                      ours + "attn.v_proj": theirs + "attention.self.value",
-                      ours + "attn.o_proj": theirs + "attention.output.dense",
-                      ours + "norm1": theirs + "attention.output.LayerNorm",
-                      ours + "ffn.up": theirs + "intermediate.dense",
-                      ours + "ffn.down": theirs + "output.dense",
-                      ours + "norm2": theirs + "output.LayerNorm"})
+        names[ours + "attn.qkv_proj"] = tuple(theirs + "attention.self." + p for p in ("query", "key", "value"))
+        names.update({ours + mine: (theirs + hf,) for mine, hf in (
+            ("attn.o_proj", "attention.output.dense"), ("norm1", "attention.output.LayerNorm"),
+            ("ffn.up", "intermediate.dense"), ("ffn.down", "output.dense"), ("norm2", "output.LayerNorm"))})
     return names
 
 
@@ -84,11 +81,12 @@ def load_bert_weights(encoder: Encoder, state: dict[str, torch.Tensor]) -> Encod
         for suffix in (".weight", ".bias"):
             if mine + suffix not in ours:
                 continue
-            if theirs + suffix not in state:
-                raise ValueError(f"BERT weights lack {theirs + suffix}")
-            t = state[theirs + suffix]
+            for name in theirs:
+                if name + suffix not in state:
+                    raise ValueError(f"BERT weights lack {name + suffix}")
+            t = torch.cat([state[name + suffix] for name in theirs])
             if t.shape != ours[mine + suffix].shape:
-                raise ValueError(f"{theirs + suffix} has shape {tuple(t.shape)}, expected "
+                raise ValueError(f"{' + '.join(n + suffix for n in theirs)} has shape {tuple(t.shape)}, expected "
                                  f"{tuple(ours[mine + suffix].shape)} for {mine + suffix}")
             new[mine + suffix] = t
     missing = {k for k in encoder.load_state_dict(new, strict=False).missing_keys

@@ -244,12 +244,12 @@ def test_bad_window_raises():
 # --- MultiHeadAttention ---------------------------------------------------------------------------------------
 
 def copy_from_torch_mha(ref: nn.MultiheadAttention, d: int, n_head: int, **kw) -> bloomlib.MultiHeadAttention:
+    """torch stacks W_Q, W_K, W_V as rows of in_proj_weight: the layout of our qkv_proj (kv_proj: W_K, W_V)."""
     mha = bloomlib.MultiHeadAttention(d, n_head, **kw)
-    wq, wk, wv = ref.in_proj_weight.detach().chunk(3)
-    bq, bk, bv = ref.in_proj_bias.detach().chunk(3)
+    w, b = ref.in_proj_weight.detach(), ref.in_proj_bias.detach()
+    pairs = ((mha.q_proj, w[:d], b[:d]), (mha.kv_proj, w[d:], b[d:])) if mha.cross else ((mha.qkv_proj, w, b),)
     with torch.no_grad():
-        for lin, w, b in ((mha.q_proj, wq, bq), (mha.k_proj, wk, bk), (mha.v_proj, wv, bv),
-                          (mha.o_proj, ref.out_proj.weight, ref.out_proj.bias)):
+        for lin, w, b in pairs + ((mha.o_proj, ref.out_proj.weight, ref.out_proj.bias),):
             lin.weight.copy_(w)
             lin.bias.copy_(b)
     return mha
@@ -284,7 +284,7 @@ def test_mha_cross_attention_matches_torch():
     torch.manual_seed(1)
     d, H = 16, 2
     ref = nn.MultiheadAttention(d, H, batch_first=True).eval()
-    mha = copy_from_torch_mha(ref, d, H, causal=True).eval()  # causal never applies to cross-attention
+    mha = copy_from_torch_mha(ref, d, H, cross=True).eval()
     x, ctx = torch.randn(2, 3, d), torch.randn(2, 7, d)
     keep = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], dtype=torch.bool)
     out, _ = mha(x, context=ctx, mask=keep[:, None, None, :])
@@ -294,15 +294,18 @@ def test_mha_cross_attention_matches_torch():
 
 def expanded_mha(gqa: bloomlib.MultiHeadAttention) -> bloomlib.MultiHeadAttention:
     """An MHA whose k/v heads are GQA's kv heads repeated, so that query head h reads kv head h // rep."""
-    d, H, hd = gqa.q_proj.in_features, gqa.n_head, gqa.head_dim
-    rep = H // gqa.n_kv_head
+    d, H, KV, hd = gqa.qkv_proj.in_features, gqa.n_head, gqa.n_kv_head, gqa.head_dim
     mha = bloomlib.MultiHeadAttention(d, H, causal=gqa.causal, backend="math")
+
+    def expand(t: torch.Tensor) -> torch.Tensor:  # rows [q (H*hd); k (KV*hd); v (KV*hd)] -> [q; k; v] with H heads
+        q, k, v = t.split([H * hd, KV * hd, KV * hd])
+        k, v = (x.view(KV, hd, -1).repeat_interleave(H // KV, 0).reshape(H * hd, *t.shape[1:]) for x in (k, v))
+        return torch.cat([q, k, v])
+
     with torch.no_grad():
-        mha.q_proj.load_state_dict(gqa.q_proj.state_dict())
+        mha.qkv_proj.weight.copy_(expand(gqa.qkv_proj.weight))
+        mha.qkv_proj.bias.copy_(expand(gqa.qkv_proj.bias))
         mha.o_proj.load_state_dict(gqa.o_proj.state_dict())
-        for src, dst in ((gqa.k_proj, mha.k_proj), (gqa.v_proj, mha.v_proj)):
-            dst.weight.copy_(src.weight.view(gqa.n_kv_head, hd, d).repeat_interleave(rep, 0).reshape(H * hd, d))
-            dst.bias.copy_(src.bias.view(gqa.n_kv_head, hd).repeat_interleave(rep, 0).reshape(H * hd))
     return mha
 
 
@@ -310,7 +313,7 @@ def expanded_mha(gqa: bloomlib.MultiHeadAttention) -> bloomlib.MultiHeadAttentio
 def test_gqa_and_mqa_equal_mha_with_repeated_kv_heads(n_kv):
     torch.manual_seed(2)
     gqa = bloomlib.MultiHeadAttention(16, 4, n_kv, causal=True)
-    assert gqa.k_proj.out_features == n_kv * 4
+    assert gqa.qkv_proj.out_features == (4 + 2 * n_kv) * 4  # 4 query heads, n_kv key and n_kv value heads
     x = torch.randn(2, 5, 16)
     out, _ = gqa(x)
     torch.testing.assert_close(out, expanded_mha(gqa)(x)[0], atol=1e-5, rtol=1e-5)
@@ -387,6 +390,13 @@ def test_mha_bad_input_raises():
         bloomlib.MultiHeadAttention(16, 2)(torch.randn(4, 16))
     with pytest.raises(ValueError, match="broadcast"):
         bloomlib.MultiHeadAttention(16, 2)(torch.randn(2, 4, 16), mask=torch.ones(3, 1, 1, 4, dtype=torch.bool))
+    x = torch.randn(2, 4, 16)
+    with pytest.raises(ValueError, match="cross=True"):
+        bloomlib.MultiHeadAttention(16, 2)(x, context=x)
+    with pytest.raises(ValueError, match="needs `context`"):
+        bloomlib.MultiHeadAttention(16, 2, cross=True)(x)
+    with pytest.raises(ValueError, match="cannot be causal"):
+        bloomlib.MultiHeadAttention(16, 2, causal=True, cross=True)
 
 
 def test_kv_cache_overflow_raises():

@@ -84,10 +84,8 @@ def test_post_ln_bert_style_encoder_works():
 
 def copy_block_from_torch(ref: nn.TransformerEncoderLayer, cfg: GPTConfig) -> Block:
     block = Block(cfg)
-    wq, wk, wv = ref.self_attn.in_proj_weight.detach().chunk(3)
-    bq, bk, bv = ref.self_attn.in_proj_bias.detach().chunk(3)
     with torch.no_grad():
-        for lin, w, b in ((block.attn.q_proj, wq, bq), (block.attn.k_proj, wk, bk), (block.attn.v_proj, wv, bv),
+        for lin, w, b in ((block.attn.qkv_proj, ref.self_attn.in_proj_weight, ref.self_attn.in_proj_bias),
                           (block.attn.o_proj, ref.self_attn.out_proj.weight, ref.self_attn.out_proj.bias),
                           (block.ffn.up, ref.linear1.weight, ref.linear1.bias),
                           (block.ffn.down, ref.linear2.weight, ref.linear2.bias)):
@@ -212,7 +210,10 @@ def test_post_ln_encoder_equals_hugging_face_bert():
         t.embed_norm.load_state_dict(bert.embeddings.LayerNorm.state_dict())
         for b, layer in zip(t.blocks, bert.encoder.layer):
             a = layer.attention
-            lin(b.attn.q_proj, a.self.query), lin(b.attn.k_proj, a.self.key), lin(b.attn.v_proj, a.self.value)
+            for part, hf_lin in enumerate((a.self.query, a.self.key, a.self.value)):  # qkv_proj stacks q, k, v rows
+                rows = slice(part * cfg.d_model, (part + 1) * cfg.d_model)
+                b.attn.qkv_proj.weight[rows] = hf_lin.weight
+                b.attn.qkv_proj.bias[rows] = hf_lin.bias
             lin(b.attn.o_proj, a.output.dense), lin(b.ffn.up, layer.intermediate.dense)
             lin(b.ffn.down, layer.output.dense)
             b.norm1.load_state_dict(a.output.LayerNorm.state_dict())

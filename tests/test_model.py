@@ -252,14 +252,25 @@ def test_gpt_equals_hugging_face_gpt2_with_copied_weights():
         for b, hb in zip(t.blocks, h.h):
             b.norm1.load_state_dict(hb.ln_1.state_dict())
             b.norm2.load_state_dict(hb.ln_2.state_dict())
-            w, bias = hb.attn.c_attn.weight.T, hb.attn.c_attn.bias  # (3d, d), (3d,)
-            for lin, part in zip((b.attn.q_proj, b.attn.k_proj, b.attn.v_proj), range(3)):
-                lin.weight.copy_(w[part * 32:(part + 1) * 32])
-                lin.bias.copy_(bias[part * 32:(part + 1) * 32])
-            for lin, conv in ((b.attn.o_proj, hb.attn.c_proj), (b.ffn.up, hb.mlp.c_fc), (b.ffn.down, hb.mlp.c_proj)):
+            # GPT-2's Conv1D stores (in, out); c_attn stacks q, k, v along out, as our qkv_proj stacks its rows
+            for lin, conv in ((b.attn.qkv_proj, hb.attn.c_attn), (b.attn.o_proj, hb.attn.c_proj),
+                              (b.ffn.up, hb.mlp.c_fc), (b.ffn.down, hb.mlp.c_proj)):
                 lin.weight.copy_(conv.weight.T)
                 lin.bias.copy_(conv.bias)
         t.final_norm.load_state_dict(h.ln_f.state_dict())
     idx = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_bench_core_json_runs(capsys):
+    """`bloomlib bench core --json` (short run): one JSON object, and the cache gives the same greedy tokens."""
+    import json
+
+    from bloomlib import bench
+
+    assert bench.main(["--json", "--new-tokens", "8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert all(run["same_tokens"] and run["new_tokens"] == 8 for run in report["kv_cache"])
+    assert report["kv_cache_speedup"] > 0 and 0 < report["train_mfu"] and report["matmul_peak_gflops"] > 0

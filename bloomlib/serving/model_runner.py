@@ -127,9 +127,8 @@ class ModelRunner:
         for layer, blk in enumerate(tr.blocks):
             att = blk.attn
             h = blk.norm1(x) if blk.prenorm else x
-            q = att.q_proj(h).view(N, att.n_head, att.head_dim)
-            k = att.k_proj(h).view(N, att.n_kv_head, att.head_dim)
-            v = att.v_proj(h).view(N, att.n_kv_head, att.head_dim)
+            q, k, v = att.qkv_proj(h).view(N, att.n_head + 2 * att.n_kv_head, att.head_dim).split(
+                [att.n_head, att.n_kv_head, att.n_kv_head], dim=1)           # (N, heads, D) each
             if tr.rope is not None:
                 q = tr.rope(q.transpose(0, 1)[None], pos)[0].transpose(0, 1)
                 k = tr.rope(k.transpose(0, 1)[None], pos)[0].transpose(0, 1)
