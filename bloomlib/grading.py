@@ -5,9 +5,9 @@
 
 Grading uses nbgrader's own rules (``nbgrader.utils.determine_grade``) without a course or database:
 every locked and test cell of the submission is restored from the source notebook in solutions/
-(hidden tests included, matched by ``grade_id``; deleted ones are put back), the notebook runs in a
-fresh kernel cell by cell, and a crash or timeout in one cell restarts the kernel, replays the cells
-that ran before, and goes on. Feedback is the failing assertion's message only, never test source.
+(hidden tests included, matched by ``grade_id``, or by Jupyter cell id when an editor dropped the
+nbgrader metadata; deleted ones are put back), the notebook runs in a fresh kernel cell by cell, and a
+crash or timeout in one cell restarts the kernel, replays the cells that ran before, and goes on. Feedback is the failing assertion's message only, never test source.
 """
 from __future__ import annotations
 
@@ -89,12 +89,20 @@ def release(solutions_dir: Path = SOLUTIONS_DIR, exercises_dir: Path = EXERCISES
 # ------------------------------------------------------------------------------------------ assembling
 def assemble(submission: NotebookNode, source: NotebookNode) -> NotebookNode:
     """The notebook to execute: the learner's cells, with every protected cell (tests with their hidden
-    parts, read-only setup) replaced by the source's version and missing ones put back in place."""
+    parts, read-only setup) replaced by the source's version and missing ones put back in place.
+
+    A cell is matched to the source by its nbgrader grade_id or, when an editor dropped the nbgrader
+    metadata, by its Jupyter cell id. Raises ValueError when nothing matches (answers would be lost)."""
     src_cells = {_grade_id(c): c for c in source.cells if _grade_id(c)}
     src_order = [_grade_id(c) for c in source.cells if _grade_id(c)]
+    by_cell_id = {c.get("id"): _grade_id(c) for c in source.cells if _grade_id(c) and c.get("id")}
+    matched = [_grade_id(c) or by_cell_id.get(c.get("id")) for c in submission.cells]
+    if src_cells and not any(gid in src_cells for gid in matched):
+        raise ValueError("this notebook has none of the exercise's answer or test cells: their nbgrader "
+                         "metadata and cell ids are gone (an editor or tool stripped them?). Nothing was "
+                         "graded; copy your answers into a fresh copy of the exercise notebook and grade that")
     cells, seen = [], set()
-    for cell in copy.deepcopy(submission.cells):
-        gid = _grade_id(cell)
+    for cell, gid in zip(copy.deepcopy(submission.cells), matched):
         if gid in src_cells and gid not in seen:
             seen.add(gid)
             if _is_protected(src_cells[gid]):

@@ -157,6 +157,37 @@ def test_tampered_or_deleted_tests_do_not_raise_a_score(source, exercise):
     assert "mask polarity inverted" in result["questions"][0]["feedback"]
 
 
+def _strip_nbgrader(nb, cell_ids: bool = False):
+    nb = copy.deepcopy(nb)
+    for c in nb.cells:
+        c.metadata.pop("nbgrader", None)
+        if cell_ids:
+            c.id = "x" + c.id[1:]  # ids any editor might give fresh cells
+    return nb
+
+
+def test_answers_keep_their_place_when_an_editor_drops_nbgrader_metadata(source, exercise):
+    """Cells matched by Jupyter cell id when the nbgrader metadata is gone: the answers are graded in order."""
+    keep = {"setup", "causal_mask", "test_causal_mask", "heads", "test_split_heads", "test_merge_heads"}
+    wrong = "def causal_mask(seq_len):\n    return torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)"
+    sub = _strip_nbgrader(_cut(_fill(exercise, source, {"causal_mask": wrong}), keep))
+    assert not any(_gid(c) for c in sub.cells)
+    result = grading.grade_notebook(sub, source=_cut(source, keep))
+    assert {q["id"]: q["score"] for q in result["questions"]} == {
+        "test_causal_mask": 0, "test_split_heads": 1, "test_merge_heads": 1}
+    assert "mask polarity inverted" in result["questions"][0]["feedback"]
+
+
+def test_notebook_without_metadata_or_cell_ids_is_a_clear_error(tmp_path, source, exercise, capsys):
+    """Nothing to match answers by: refuse with a message instead of grading the answers as missing."""
+    sub = _strip_nbgrader(_fill(exercise, source), cell_ids=True)
+    with pytest.raises(ValueError, match="nbgrader metadata and cell ids are gone"):
+        grading.assemble(sub, source)
+    nbformat.write(sub, tmp_path / SOURCE.name)
+    assert grading.main([str(tmp_path / SOURCE.name)]) == 2
+    assert "Nothing was graded" in capsys.readouterr().err
+
+
 def test_endless_loop_crash_and_syntax_error_cost_only_their_answer():
     """A pure-Python source notebook: the grader's machinery, with a short timeout."""
     def cell(kind, gid, src, points=1):
