@@ -232,7 +232,8 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)
 
-    def project(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    def project(self, x: torch.Tensor, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The projections, split into heads: q (B, n_head, T, hd), k and v (B, n_kv_head, T or S, hd).
 
         For cross-attention without a context, k and v are None (the caller has them cached)."""
