@@ -163,8 +163,8 @@ class GPT(nn.Module):
     def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_tokens,
                   generator, use_cache) -> torch.Tensor:
         B, T0 = idx.shape
-        seq = idx.new_empty(B, T0 + max_new_tokens)  # prompt and new tokens, filled in place
-        seq[:, :T0] = idx
+        seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)  # filled in place
+        seq[:, :T0] = idx  # long, whatever the prompt's dtype: new ids may not fit a uint8 or int16 prompt
         stops = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=idx.device)
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         fill = torch.zeros_like(finished, dtype=torch.long)

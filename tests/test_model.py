@@ -274,3 +274,17 @@ def test_bench_core_json_runs(capsys):
     report = json.loads(capsys.readouterr().out)
     assert all(run["same_tokens"] and run["new_tokens"] == 8 for run in report["kv_cache"])
     assert report["kv_cache_speedup"] > 0 and 0 < report["train_mfu"] and report["matmul_peak_gflops"] > 0
+
+
+def test_generate_gives_long_ids_for_any_prompt_dtype_and_an_ordinary_tensor():
+    """New ids may not fit the prompt's dtype (uint8 holds < 256); the result must also work with autograd
+    (generation runs in inference mode) and leave torch's oneDNN switch as it found it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny", vocab_size=512))
+    prompt = torch.randint(256, (2, 3))
+    ref = model.generate(prompt, 20, temperature=0.0)
+    assert ref.dtype == torch.long and (ref[:, 3:] >= 256).any()
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        assert torch.equal(model.generate(prompt.to(dtype), 20, temperature=0.0), ref)
+    model.transformer.tok_emb(ref).sum().backward()  # an inference-mode tensor would refuse this
+    assert torch.backends.mkldnn.enabled
