@@ -7,7 +7,8 @@ Grading uses nbgrader's own rules (``nbgrader.utils.determine_grade``) without a
 every locked and test cell of the submission is restored from the source notebook in solutions/
 (hidden tests included, matched by ``grade_id``, or by Jupyter cell id when an editor dropped the
 nbgrader metadata; deleted ones are put back), the notebook runs in a fresh kernel cell by cell, and a
-crash or timeout in one cell restarts the kernel, replays the cells that ran before, and goes on. Feedback is the failing assertion's message only, never test source.
+crash or timeout in one cell restarts the kernel, replays the cells that ran before, and goes on.
+Feedback is the failing assertion's message only, never test source.
 """
 from __future__ import annotations
 

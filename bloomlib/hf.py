@@ -59,7 +59,8 @@ def _gpt2_layout(model: GPT) -> list[tuple[torch.Tensor, str, bool]]:
                              (a.o_proj, "attn.c_proj"), (b.ffn.up, "mlp.c_fc"), (b.ffn.down, "mlp.c_proj")):
             out += [(ours.weight, p + theirs + ".weight", isinstance(ours, torch.nn.Linear)),
                     (ours.bias, p + theirs + ".bias", False)]
-    out += [(t.final_norm.weight, "transformer.ln_f.weight", False), (t.final_norm.bias, "transformer.ln_f.bias", False)]
+    out += [(t.final_norm.weight, "transformer.ln_f.weight", False),
+            (t.final_norm.bias, "transformer.ln_f.bias", False)]
     if not model.config.tie_weights:
         out.append((model.lm_head.weight, "lm_head.weight", False))
     return out
