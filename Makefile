@@ -40,7 +40,7 @@ notebooks: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) tests/tools/run_notebooks.py notebooks solutions
 
 exercises: $(STAMP)
-	$(PY) -m bloomlib.grading release
+	$(PY) -m bloomlib.course.grading release
 
 bench: $(STAMP)
 	$(BIN)/bloomlib bench core --json

@@ -17,30 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def build_attention_mask(n_q: int, n_k: int, *, causal: bool = False, window: int | None = None,
-                         device: torch.device | str | None = None) -> torch.Tensor | None:
-    """Boolean (n_q, n_k) mask, True where query i may attend key j; None when everything is allowed.
-
-    Queries are aligned to the end of the keys: query i sits at position i + n_k - n_q.
-    """
-    if not causal and window is None:
-        return None
-    q_pos = torch.arange(n_q, device=device)[:, None] + (n_k - n_q)
-    k_pos = torch.arange(n_k, device=device)[None, :]
-    allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=device)
-    if causal or window is not None:
-        allowed &= k_pos <= q_pos
-    if window is not None:
-        if window <= 0:
-            raise ValueError(f"window must be a positive integer, got {window}")
-        allowed &= k_pos > q_pos - window
-    return allowed
-
-
-def causal_mask(seq_len: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """(seq_len, seq_len) boolean lower-triangular mask: position i may attend positions j <= i."""
-    return build_attention_mask(seq_len, seq_len, causal=True, device=device)
+from bloomlib.masks import build_attention_mask
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -7,13 +7,13 @@ import sys
 # subcommand -> (module, function). Each function takes argv (a list of strings) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("bloomlib.cli", "info_main", "device, versions, and whether Triton works here"),
-    "train": ("bloomlib.train", "main", "train a GPT on the course corpus (see --help)"),
+    "train": ("bloomlib.training.train", "main", "train a GPT on the course corpus (see --help)"),
     "generate": ("bloomlib.model", "generate_main", "generate text from a checkpoint"),
     "serve": ("bloomlib.serving.server", "main", "OpenAI-compatible server for a checkpoint"),
-    "grade": ("bloomlib.grading", "main", "grade one exercise notebook"),
+    "grade": ("bloomlib.course.grading", "main", "grade one exercise notebook"),
 }
 BENCHES: dict[str, tuple[str, str, str]] = {
-    "core": ("bloomlib.bench", "main", "KV-cache speedup and training MFU"),
+    "core": ("bloomlib.training.bench", "main", "KV-cache speedup and training MFU"),
     "flash": ("bloomlib.kernels.bench", "main", "flash attention kernel vs plain attention"),
     "serve": ("bloomlib.serving.bench", "main", "batching, paged KV, speculative decoding, quantization"),
 }

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bloomlib.data import (ADDITION_CHARS, IGNORE, TASKS, batches, get_batch, load_corpus, make_task,
+from bloomlib.training.data import (ADDITION_CHARS, IGNORE, TASKS, batches, get_batch, load_corpus, make_task,
                            train_val_split)
 
 

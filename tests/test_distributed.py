@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 from bloomlib.blocks import FeedForward
 from bloomlib.checkpoint import load_checkpoint
 from bloomlib.config import GPTConfig
-from bloomlib.distributed import TensorParallelMLP, launch, tensor_parallel_demo
+from bloomlib.training.distributed import TensorParallelMLP, launch, tensor_parallel_demo
 from bloomlib.model import GPT
-from bloomlib.train import TrainConfig, main, train
+from bloomlib.training.train import TrainConfig, main, train
 
 CFG = GPTConfig.preset("tiny", block_size=16)
 TRAIN = dict(steps=6, lr=1e-2, warmup_steps=2, eval_interval=6, eval_batches=1, seed=3)
@@ -99,7 +99,7 @@ def test_torchrun_cli_trains_like_one_process_and_only_rank_0_saves(tmp_path):
             "--eval-batches", "1", "--no-progress", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "bloomlib.train", *args, "--batch-size", "2", "--out", str(tmp_path / "ddp")],
+                          "-m", "bloomlib.training.train", *args, "--batch-size", "2", "--out", str(tmp_path / "ddp")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("val loss") == 1 and "2 processes, global batch 4" in run.stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bloomlib import grading
+from bloomlib.course import grading
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "solutions" / "03_apply.ipynb"

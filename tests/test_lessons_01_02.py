@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bloomlib import grading
+from bloomlib.course import grading
 
 REPO = Path(__file__).resolve().parent.parent
 LESSONS = {1: REPO / "notebooks" / "01_remember.ipynb", 2: REPO / "notebooks" / "02_understand.ipynb"}

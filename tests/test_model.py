@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import bloomlib
 from bloomlib import GPT, GPTConfig, count_parameters
-from bloomlib.data import reverse_task
+from bloomlib.training.data import reverse_task
 
 
 def sharp_model(seed=0, **over) -> GPT:
@@ -154,7 +154,7 @@ def test_gpt2_small_has_124_439_808_parameters():
 # --- training -------------------------------------------------------------------------------------------------
 
 def test_tiny_gpt_learns_reverse_task_to_loss_below_0_25_in_300_steps():
-    """GPTConfig.preset('tiny') + AdamW(lr 3e-3), batches of 32 from bloomlib.data.reverse_task (6 symbols of 10):
+    """GPTConfig.preset('tiny') + AdamW(lr 3e-3), batches of 32 from bloomlib.training.data.reverse_task (6 symbols of 10):
     answer-token loss starts near ln(64) = 4.2 (chance over the symbols: ln(10) = 2.3) and must fall below 0.25
     within 300 CPU steps (it reaches ~0.01 with this seed); greedy generation then reverses fresh sequences."""
     torch.manual_seed(0)
@@ -268,7 +268,7 @@ def test_bench_core_json_runs(capsys):
     """`bloomlib bench core --json` (short run): one JSON object, and the cache gives the same greedy tokens."""
     import json
 
-    from bloomlib import bench
+    from bloomlib.training import bench
 
     assert bench.main(["--json", "--new-tokens", "8"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from bloomlib import pretrained
+from bloomlib.interop import pretrained
 
 SENTENCES = ["The cat sits on the mat.", "A transformer reads every token at once, weighing them by attention.",
              "Hi", "Paris is the capital of France; its river is the Seine."]

@@ -1,11 +1,11 @@
-"""bloomlib.quiz: flashcards and a multiple-choice quiz, driven through their Python API and their buttons."""
+"""bloomlib.course.quiz: flashcards and a multiple-choice quiz, driven through their Python API and their buttons."""
 from __future__ import annotations
 
 import sys
 
 import pytest
 
-from bloomlib import quiz
+from bloomlib.course import quiz
 
 CARDS = {"softmax": "turns scores into weights that sum to 1", "residual": "x + f(x)"}
 

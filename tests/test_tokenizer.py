@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from bloomlib.data import load_corpus
+from bloomlib.training.data import load_corpus
 from bloomlib.tokenizer import SPLIT_PATTERN, ByteBPETokenizer, CharTokenizer, load_tokenizer
 
 RANGES = [(0x00, 0x7F), (0xA0, 0x24F), (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF), (0x600, 0x6FF),

@@ -10,7 +10,7 @@ import torch
 
 from bloomlib.config import GPTConfig
 from bloomlib.model import COURSE_MODEL, DRAFT_MODEL, GPT
-from bloomlib.train import COURSE_COMMAND, TrainConfig, evaluate, lm_loss, lr_at, make_optimizer, train
+from bloomlib.training.train import COURSE_COMMAND, TrainConfig, evaluate, lm_loss, lr_at, make_optimizer, train
 
 
 def test_lr_schedule_matches_torch_schedulers():
@@ -84,9 +84,9 @@ def test_shipped_model_is_small_and_loads(folder):
 def test_course_command_reproduces_shipped_val_loss(tmp_path):
     """Re-run the documented command; its validation loss must land within 0.1 nats of the shipped one."""
     shipped = json.loads((COURSE_MODEL / "config.json").read_text())["meta"]
-    args = COURSE_COMMAND.split()[3:]  # after "python -m bloomlib.train"
+    args = COURSE_COMMAND.split()[3:]  # after "python -m bloomlib.training.train"
     args[args.index("--out") + 1] = str(tmp_path / "model")
-    out = subprocess.run([sys.executable, "-m", "bloomlib.train", *args, "--no-progress"],
+    out = subprocess.run([sys.executable, "-m", "bloomlib.training.train", *args, "--no-progress"],
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-2000:]
     again = json.loads((tmp_path / "model" / "config.json").read_text())["meta"]

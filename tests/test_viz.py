@@ -1,4 +1,4 @@
-"""bloomlib.viz: BertViz views that need no network, and the matplotlib heatmap."""
+"""bloomlib.course.viz: BertViz views that need no network, and the matplotlib heatmap."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from bloomlib import viz  # noqa: E402
+from bloomlib.course import viz  # noqa: E402
 
 TOKENS = ["the", "cat", "sat", "zebra42"]
 # XML namespace names are identifiers that d3 passes to createElementNS; a browser never fetches them

@@ -88,7 +88,7 @@ def bench_throughput(model, n_requests: int, block_size: int) -> tuple[dict, dic
 
 def bench_speculative(target, draft, tok, n: int, k: int, max_tokens: int) -> dict:
     if tok is not None:
-        from bloomlib.data import load_corpus
+        from bloomlib.training.data import load_corpus
 
         text = load_corpus()
         rng = random.Random(1)
@@ -129,7 +129,7 @@ def bench_speculative(target, draft, tok, n: int, k: int, max_tokens: int) -> di
 def bench_quantization(model, tok, group_size: int) -> dict:
     cfg = model.config
     if tok is not None:
-        from bloomlib.data import load_corpus, train_val_split
+        from bloomlib.training.data import load_corpus, train_val_split
 
         _, val = train_val_split(tok.encode(load_corpus()))
     else:

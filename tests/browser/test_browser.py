@@ -103,7 +103,7 @@ def test_fixture_all_checks_fail(session):
         4: ["image(s) did not render"],
         5: ["a matplotlib figure shows as text only"],
         6: ["is empty", "require is not defined"],
-        7: ["is empty: 'Run bloomlib.viz.inline_js_libraries()"],
+        7: ["is empty: 'Run bloomlib.course.viz.inline_js_libraries()"],
         8: ["ZeroDivisionError"],
         9: ["never ran"],
     }

@@ -1,7 +1,7 @@
 """Exercise pipeline: release exercises from nbgrader source notebooks, and grade a submission.
 
     bloomlib grade exercises/03_apply.ipynb [--json] [--timeout S] [--solutions DIR]
-    python -m bloomlib.grading release [--check]     # solutions/NN_*.ipynb -> exercises/NN_*.ipynb
+    python -m bloomlib.course.grading release [--check]     # solutions/NN_*.ipynb -> exercises/NN_*.ipynb
 
 Grading uses nbgrader's own rules (``nbgrader.utils.determine_grade``) without a course or database:
 every locked and test cell of the submission is restored from the source notebook in solutions/
@@ -25,7 +25,7 @@ from typing import Any
 import nbformat
 from nbformat import NotebookNode
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: bloomlib/course/grading.py -> repository root
 SOLUTIONS_DIR = REPO / "solutions"
 EXERCISES_DIR = REPO / "exercises"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
@@ -279,7 +279,7 @@ def _table(result: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------- CLI
 def release_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m bloomlib.grading release",
+    p = argparse.ArgumentParser(prog="python -m bloomlib.course.grading release",
                                 description="Regenerate exercises/ from the nbgrader sources in solutions/.")
     p.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR)
     p.add_argument("--exercises", type=Path, default=EXERCISES_DIR)

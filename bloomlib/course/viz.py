@@ -27,7 +27,7 @@ def _read_library(name: str) -> str:
     try:
         source = importlib.resources.files(package).joinpath(path).read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise ImportError(f"bloomlib.viz needs the {name} JavaScript shipped by the {package!r} package: "
+        raise ImportError(f"bloomlib.course.viz needs the {name} JavaScript shipped by the {package!r} package: "
                           f"{_INSTALL}") from e
     # keep the copyright line, drop its "https://" so the page holds no address at all
     source = source.replace("// https://d3js.org v", "// d3js.org v", 1)
@@ -48,7 +48,7 @@ def _bertviz():
     try:
         import bertviz
     except ImportError as e:
-        raise ImportError(f"bloomlib.viz.head_view / model_view need BertViz: {_INSTALL}") from e
+        raise ImportError(f"bloomlib.course.viz.head_view / model_view need BertViz: {_INSTALL}") from e
     return bertviz
 
 
@@ -79,11 +79,11 @@ def _offline(html: str) -> str:
     vis_id = re.search(r'id="(bertviz-[0-9a-f]+)"', html).group(1)
     html = _CONFIG.sub("", _HEADER.sub("", _REQUIRE_TAG.sub("", html)))
     guard = (f"if (!$ || !d3) {{ document.getElementById('{vis_id}').textContent = "
-             "'Run bloomlib.viz.inline_js_libraries() in a cell above, then this cell again.'; return; }")
+             "'Run bloomlib.course.viz.inline_js_libraries() in a cell above, then this cell again.'; return; }")
     html, n = _CALL.subn("(function ($, d3) {" + guard, html, count=1)
     end = html.rstrip().rfind("});")
     if n != 1 or end < 0:
-        raise RuntimeError("this BertViz version's output has an unexpected layout (bloomlib.viz knows 1.4)")
+        raise RuntimeError("this BertViz version's output has an unexpected layout (bloomlib.course.viz knows 1.4)")
     return html[:end] + "})(window.jQuery, window.d3);" + html[end + 3:]
 
 

@@ -2,7 +2,7 @@
 
 Data parallel (DDP): every rank holds the whole model and reads its own slice of the global batch; backward
 all-reduces (averages) the gradients, so every rank takes the same optimizer step.
-    torchrun --nproc_per_node=N -m bloomlib.train ...     (gloo on CPU, nccl on CUDA)
+    torchrun --nproc_per_node=N -m bloomlib.training.train ...     (gloo on CPU, nccl on CUDA)
 
 Tensor parallel (Megatron-LM, Shoeybi et al. 2019): one layer's matrices are split across ranks. In an MLP,
 `up` is split by output features (ColumnParallelLinear: each rank computes a slice of the hidden units, the

@@ -1,7 +1,7 @@
 """Training a GPT: AdamW, warmup + cosine learning rate, gradient clipping, periodic evaluation.
 
-As a module:  python -m bloomlib.train --preset course --out runs/course   (also `bloomlib train`)
-On several processes: torchrun --nproc_per_node=N -m bloomlib.train ...  (DistributedDataParallel, see `train`)
+As a module:  python -m bloomlib.training.train --preset course --out runs/course   (also `bloomlib train`)
+On several processes: torchrun --nproc_per_node=N -m bloomlib.training.train ...  (DistributedDataParallel, see `train`)
 The course model in bloomlib/assets/course_model was made by COURSE_COMMAND below.
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bloomlib.config import GPTConfig
-from bloomlib.data import get_batch, load_corpus, train_val_split
+from bloomlib.training.data import get_batch, load_corpus, train_val_split
 from bloomlib.device import autocast, seed_everything
 
-COURSE_COMMAND = "python -m bloomlib.train --preset course --out bloomlib/assets/course_model"
-DRAFT_COMMAND = ("python -m bloomlib.train --preset draft --tokenizer-from bloomlib/assets/course_model "
+COURSE_COMMAND = "python -m bloomlib.training.train --preset course --out bloomlib/assets/course_model"
+DRAFT_COMMAND = ("python -m bloomlib.training.train --preset draft --tokenizer-from bloomlib/assets/course_model "
                  "--out bloomlib/assets/draft_model")
 
 
@@ -97,7 +97,7 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
     """
     from tqdm.auto import tqdm
 
-    from bloomlib.distributed import rank_and_world, unwrap
+    from bloomlib.training.distributed import rank_and_world, unwrap
 
     rank, world = rank_and_world()
     raw = unwrap(model)
@@ -151,7 +151,7 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
 def main(argv: list[str] | None = None) -> int:
     """Train a GPT on the course corpus and save a checkpoint folder (weights, config, tokenizer).
     Under torchrun every rank builds the same tokenizer and model (same seed); rank 0 prints and saves."""
-    p = argparse.ArgumentParser(prog="python -m bloomlib.train", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m bloomlib.training.train", description=main.__doc__)
     p.add_argument("--preset", default="course", help="GPTConfig preset (default: course)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--tokenizer-from", default=None, help="reuse the tokenizer of this checkpoint folder")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "warmup_steps", "weight_decay", "grad_clip",
                                                        "eval_interval", "eval_batches", "seed", "compile")})
     from bloomlib.checkpoint import load_checkpoint, save_checkpoint
-    from bloomlib.distributed import init_distributed
+    from bloomlib.training.distributed import init_distributed
     from bloomlib.model import GPT
     from bloomlib.tokenizer import ByteBPETokenizer, CharTokenizer
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.distributed.destroy_process_group()
         return 0
     meta = {"val_loss": hist["val_loss"][-1], "train_loss": hist["train_loss"][-1], "train": asdict(cfg),
-            "command": "python -m bloomlib.train " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m bloomlib.training.train " + " ".join(sys.argv[1:] if argv is None else argv),
             "train_seconds": round(seconds, 1), "corpus": "pydoc_data.topics", "n_tokens": len(ids),
             "torch": torch.__version__}
     if world > 1:
