@@ -104,7 +104,7 @@ class BlockManager:
     def allocate(self, seq) -> None:
         """Give a waiting sequence blocks for all its tokens, reusing cached prefix blocks."""
         if seq.block_table:
-            raise ValueError(f"sequence {seq.seq_id} already has blocks")
+            raise ValueError(f"sequence {seq.request_id} already has blocks")
         cached = self._cached_prefix(seq.token_ids)
         self.lookups += (len(seq.token_ids) - 1) // self.block_size if self.prefix_caching else 0
         self.hits += len(cached)
