@@ -2,7 +2,8 @@
 
 As a module:  python -m bloomlib.training.train --preset course --out runs/course   (also `bloomlib train`)
 On several processes: torchrun --nproc_per_node=N -m bloomlib.training.train ...  (DistributedDataParallel, see `train`)
-The course model in bloomlib/assets/course_model was made by COURSE_COMMAND below.
+The course model in bloomlib/assets/course_model was made by COURSE_COMMAND below; its draft model's
+command is recorded in bloomlib/assets/draft_model/config.json (and in README.md).
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from bloomlib.training.data import get_batch, load_corpus, train_val_split
 from bloomlib.device import autocast, seed_everything
 
 COURSE_COMMAND = "python -m bloomlib.training.train --preset course --out bloomlib/assets/course_model"
-DRAFT_COMMAND = ("python -m bloomlib.training.train --preset draft --tokenizer-from bloomlib/assets/course_model "
-                 "--out bloomlib/assets/draft_model")
 
 
 @dataclass
