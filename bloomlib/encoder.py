@@ -3,6 +3,9 @@
 Encoder:        bidirectional attention; every position sees every other (except padding).
 EncoderDecoder: the encoder reads the source once; the decoder is causal over its own tokens and
                 cross-attends to the encoder's output (its keys/values are cached while decoding).
+
+A sliding window is causal in this course (position i sees i - w < j <= i): an Encoder refuses a config
+with `sliding_window`, and an EncoderDecoder applies it to its decoder's self-attention only.
 """
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ class Encoder(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
+        if config.sliding_window is not None:
+            raise ValueError(f"GPTConfig.sliding_window={config.sliding_window} cannot be used by an Encoder: its "
+                             "attention is bidirectional, and a sliding window (i - w < j <= i) is causal; "
+                             "set sliding_window=None")
         if config.causal:
             config = dataclasses.replace(config, causal=False)
         self.config = config
@@ -69,12 +76,14 @@ class EncoderDecoder(nn.Module):
     """Encoder-decoder: source ids (B, S) and target ids (B, T) -> (B, T, vocab_size) next-token logits.
 
     Both halves share the config (and the token embedding); the decoder adds cross-attention in every block.
+    `config.sliding_window` windows the decoder's causal self-attention; the encoder, bidirectional, has no
+    window (its config says sliding_window=None).
     """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Transformer(dataclasses.replace(config, causal=False))
+        self.encoder = Transformer(dataclasses.replace(config, causal=False, sliding_window=None))
         self.decoder = Transformer(dataclasses.replace(config, causal=True), cross_attention=True)
         self.decoder.tok_emb = self.encoder.tok_emb
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bloomlib import GPT, Encoder, EncoderDecoder, GPTConfig, KVCache
+from bloomlib import GPT, Encoder, EncoderDecoder, GPTConfig, KVCache, set_attention_backend
 from bloomlib.blocks import Block
 
 
@@ -36,7 +36,7 @@ def test_encoder_is_bidirectional_unlike_gpt():
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "alibi", "none"])
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
 def test_padding_leaves_real_tokens_unchanged(pos, backend):
-    enc = sharpen(Encoder(GPTConfig.preset("tiny", pos_encoding=pos, attn_backend=backend)))
+    enc = sharpen(set_attention_backend(Encoder(GPTConfig.preset("tiny", pos_encoding=pos)), backend))
     real = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     padded = torch.cat([real, torch.tensor([[0, 0, 0], [3, 4, 0]])], 1)
     mask = torch.cat([torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)], 1)
@@ -80,6 +80,13 @@ def test_post_ln_bert_style_encoder_works():
     loss = enc.classify(idx).logsumexp(-1).mean()
     loss.backward()
     assert all(p.grad is None or p.grad.isfinite().all() for p in enc.parameters())
+
+
+def test_encoder_refuses_a_sliding_window():
+    """A window is causal (i - w < j <= i); a bidirectional Encoder would drop it without a word."""
+    for causal in (True, False):
+        with pytest.raises(ValueError, match=r"sliding_window=3 .*Encoder.*bidirectional"):
+            Encoder(GPTConfig.preset("tiny", sliding_window=3, causal=causal))
 
 
 def copy_block_from_torch(ref: nn.TransformerEncoderLayer, cfg: GPTConfig) -> Block:
@@ -146,6 +153,29 @@ def test_encoder_decoder_step_logits_equal_full_forward(pos, src_mask):
     tgt2[:, 5] = (tgt2[:, 5] + 1) % 64
     with torch.no_grad():
         torch.testing.assert_close(model(SRC, tgt2, src_mask)[:, :5], full[:, :5])
+
+
+def test_encoder_decoder_windows_the_decoder_and_not_the_encoder():
+    """One layer, window 2: decoder position t sees targets t-1 and t only; the encoder still sees everything."""
+    windowed, plain = seq2seq(n_layer=1, sliding_window=2), seq2seq(n_layer=1)  # the same weights (same seed)
+    tgt = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(3))
+    tgt2 = tgt.clone()
+    tgt2[:, 0] = (tgt2[:, 0] + 1) % 64
+    with torch.no_grad():
+        full, full2 = windowed(SRC, tgt, SRC_MASK), windowed(SRC, tgt2, SRC_MASK)
+        assert not torch.allclose(full2[:, 1], full[:, 1], atol=1e-6)  # position 1 sees position 0
+        torch.testing.assert_close(full2[:, 2:], full[:, 2:])  # positions >= 2 do not
+        assert not torch.allclose(plain(SRC, tgt2, SRC_MASK)[:, 2:], plain(SRC, tgt, SRC_MASK)[:, 2:], atol=1e-6)
+        # the encoder is bidirectional and unwindowed: its first position sees the source's last token
+        src2 = SRC.clone()
+        src2[0, 5] = 20
+        assert not torch.allclose(windowed.encode(src2)[0, 0], windowed.encode(SRC)[0, 0], atol=1e-6)
+        # cached decoding keeps the window (end-aligned over the cache)
+        memory = windowed.encode(SRC, SRC_MASK)
+        cache = KVCache(1, windowed.config.block_size)
+        for t in range(tgt.shape[1]):
+            step = windowed.decode(tgt[:, t:t + 1], memory, SRC_MASK, kv_cache=cache)
+            torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
