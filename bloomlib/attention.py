@@ -10,14 +10,16 @@ Conventions (used by every part of the course):
 """
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bloomlib.masks import build_attention_mask
+from bloomlib.masks import build_attention_mask, visible
+from bloomlib.positional import alibi_bias
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -136,12 +138,41 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return steps.output, steps.weights
 
 
+@dataclass
+class AttentionLayout:
+    """Where the queries and keys of one attention call sit, when keys were gathered from a cache per sequence.
+
+    q_pos (B, n_q) and k_pos (n_k,) absolute positions; context_len (B,): row b has keys only below it (the rest
+    of its gather is padding). Masks and ALiBi biases are built once per layout and shared by every layer.
+    """
+
+    q_pos: torch.Tensor
+    k_pos: torch.Tensor
+    context_len: torch.Tensor
+    _built: dict = field(default_factory=dict, repr=False)
+
+    def visible(self, causal: bool, window: int | None) -> torch.Tensor:
+        """(B, 1, n_q, n_k) boolean, by the rule of bloomlib.masks."""
+        key = ("visible", causal, window)
+        if key not in self._built:
+            self._built[key] = visible(self.q_pos, self.k_pos, causal=causal, window=window,
+                                       context_len=self.context_len)[:, None]
+        return self._built[key]
+
+    def alibi_bias(self, slopes: torch.Tensor) -> torch.Tensor:
+        """(B, H, n_q, n_k) ALiBi bias at these positions."""
+        if "alibi" not in self._built:
+            self._built["alibi"] = alibi_bias(slopes, 0, 0, q_pos=self.q_pos, k_pos=self.k_pos)
+        return self._built["alibi"]
+
+
 class KVCache:
     """Keys and values of the positions seen so far, one slot per layer, preallocated to `max_len`.
 
-    The interface the model relies on is small on purpose (the serving engine swaps in a paged cache):
-      append(layer, k, v) -> (k_all, v_all)   k, v: (B, n_kv_heads, T_new, head_dim)
-      length                                  number of positions cached
+    Every cache the model runs with (this one, and the serving engine's PagedKVCache) has the same small interface:
+      positions(T, device) -> (positions (T,), end)   where the next T tokens sit; end = context length after them
+      attend(layer, q, k, v, attend) -> (out, weights)   store the new k, v (B, n_kv_heads, T, head_dim), then run
+                                                     `attend(q, k_all, v_all, layout=...)` over what the queries read
     `cross` holds each layer's cross-attention keys/values, computed once per source (encoder-decoder).
     """
 
@@ -155,6 +186,15 @@ class KVCache:
     @property
     def length(self) -> int:
         return self._len[-1]
+
+    def positions(self, T: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, int]:
+        """The next T tokens continue after the cached ones."""
+        return torch.arange(self.length, self.length + T, device=device), self.length + T
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend):
+        """Queries are the last positions of one contiguous sequence: the end-aligned rule applies as is."""
+        k_all, v_all = self.append(layer, k, v)
+        return attend(q, k_all, v_all)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self._len[layer], self._len[layer] + k.shape[2]
@@ -171,6 +211,9 @@ class KVCache:
         return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
 
 
+BACKENDS = ("sdpa", "math", "flash")
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: MHA, GQA (n_kv_head < n_head) or MQA (n_kv_head = 1).
 
@@ -179,8 +222,9 @@ class MultiHeadAttention(nn.Module):
     rows (as GPT-2 and vLLM do), and the output is split into q (n_head heads), k and v (n_kv_head heads each).
     Cross-attention (cross=True, used with a `context` (B, S, d_model)) takes queries from x (`q_proj`) and
     keys and values from the context (`kv_proj`, W_K and W_V stacked). `o_proj` maps the heads back to d_model.
-    backend: "sdpa" uses torch's fused F.scaled_dot_product_attention, "math" bloomlib's step-by-step
-    attention, "flash" bloomlib.kernels.flash_attention. Weights, when asked for, always come from "math".
+    backend (a runtime choice, see `set_backend`): "sdpa" uses torch's fused F.scaled_dot_product_attention,
+    "math" bloomlib's step-by-step attention, "flash" bloomlib.kernels.flash_attention. Weights, when asked
+    for, always come from "math".
     """
 
     def __init__(self, d_model: int, n_head: int, n_kv_head: int | None = None, *, bias: bool = True,
@@ -195,8 +239,9 @@ class MultiHeadAttention(nn.Module):
         if cross and (causal or sliding_window):
             raise ValueError("cross-attention reads the whole context: it cannot be causal or windowed")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, d_model // n_head
-        self.causal, self.sliding_window, self.dropout, self.backend = causal, sliding_window, dropout, backend
+        self.causal, self.sliding_window, self.dropout = causal, sliding_window, dropout
         self.cross = cross
+        self.set_backend(backend)
         q_dim, kv_dim = n_head * self.head_dim, n_kv_head * self.head_dim
         if cross:
             self.q_proj = nn.Linear(d_model, q_dim, bias=bias)
@@ -204,6 +249,12 @@ class MultiHeadAttention(nn.Module):
         else:
             self.qkv_proj = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=bias)
         self.o_proj = nn.Linear(q_dim, d_model, bias=bias)
+
+    def set_backend(self, backend: str) -> None:
+        """Choose how attention is computed ("sdpa", "math" or "flash"); the weights do not change."""
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend {backend!r} is unknown; choose one of {BACKENDS}")
+        self.backend = backend
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:  # (B, T, n*hd) -> (B, n, T, hd)
         B, T, _ = x.shape
@@ -224,13 +275,15 @@ class MultiHeadAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None, rope=None, positions: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, layer: int = 0,
+                bias: torch.Tensor | None = None, alibi: torch.Tensor | None = None, rope=None,
+                positions: torch.Tensor | None = None, kv_cache=None, layer: int = 0,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, d_model). mask: boolean, broadcastable to (B, H, T, n_k), True = may attend (e.g. padding).
         context: (B, S, d_model), the sequence a cross-attention module reads (required when cross=True).
-        bias: additive (H, T, n_k) or broadcastable (ALiBi). rope: a RotaryEmbedding applied at `positions` (T,).
-        kv_cache: new keys/values are appended at slot `layer` (for cross-attention they are computed once).
+        bias: additive (H, T, n_k) or broadcastable. alibi: ALiBi slopes (H,), biased at the keys' positions.
+        rope: a RotaryEmbedding applied at `positions` (T,).
+        kv_cache: a KVCache (or the engine's paged cache): new keys/values are stored at slot `layer` and the
+        queries read every cached key they may see (for cross-attention the keys are computed once).
         Returns (output (B, T, d_model), weights (B, H, T, n_k) or None).
         """
         if x.dim() != 3:
@@ -242,6 +295,7 @@ class MultiHeadAttention(nn.Module):
         if rope is not None and self.cross:
             raise ValueError("RoPE does not apply to cross-attention")
         B, T, _ = x.shape
+        attend = functools.partial(self.attend, mask=mask, bias=bias, alibi=alibi, need_weights=need_weights)
         if self.cross:
             cached = kv_cache.cross[layer] if kv_cache is not None else None
             q, k, v = self.project(x, None if cached is not None else context)
@@ -249,15 +303,34 @@ class MultiHeadAttention(nn.Module):
                 k, v = cached
             elif kv_cache is not None:
                 kv_cache.cross[layer] = (k, v)
+            out, weights = attend(q, k, v)
         else:
             q, k, v = self.project(x)
             if rope is not None:
                 q, k = rope(q, positions), rope(k, positions)
-            if kv_cache is not None:
-                k, v = kv_cache.append(layer, k, v)
-        out, weights = self._attend(q, k, v, mask, bias, self.causal, self.sliding_window, need_weights)
+            out, weights = attend(q, k, v) if kv_cache is None else kv_cache.attend(layer, q, k, v, attend)
         out = out.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(out), weights
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: AttentionLayout | None = None,
+               mask: torch.Tensor | None = None, bias: torch.Tensor | None = None, alibi: torch.Tensor | None = None,
+               need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q (B, H, n_q, hd); k, v (B, H_kv, n_k, hd) -> (out (B, H, n_q, hd), weights (B, H, n_q, n_k) or None).
+
+        Who may see whom is bloomlib.masks' rule with this module's causal flag and window: queries aligned to
+        the end of the keys, or at `layout`'s positions (keys gathered from a paged cache).
+        """
+        causal, window = self.causal, self.sliding_window
+        if layout is not None:
+            allowed = layout.visible(causal, window)
+            mask = allowed if mask is None else allowed & mask
+            causal, window = False, None
+            if alibi is not None:
+                bias = layout.alibi_bias(alibi) if bias is None else bias + layout.alibi_bias(alibi)
+        elif alibi is not None:
+            b = alibi_bias(alibi, q.shape[2], k.shape[2]).to(q.dtype)
+            bias = b if bias is None else bias + b
+        return self._attend(q, k, v, mask, bias, causal, window, need_weights)
 
     def _attend(self, q, k, v, mask, bias, causal, window, need_weights):
         n_q, n_k = q.shape[2], k.shape[2]
@@ -267,10 +340,10 @@ class MultiHeadAttention(nn.Module):
             return steps.output, steps.weights if need_weights else None
         if self.backend == "flash":
             if mask is not None or bias is not None:
-                raise ValueError("attn_backend='flash' supports causal and sliding-window masks only, "
-                                 "not padding masks or ALiBi; use 'sdpa' or 'math'")
+                raise ValueError("the 'flash' attention backend supports causal and sliding-window masks only, "
+                                 "not padding masks, ALiBi or a paged cache; use 'sdpa' or 'math'")
             if dropout > 0:
-                raise ValueError("attn_backend='flash' has no attention dropout: set dropout=0 or use 'sdpa'")
+                raise ValueError("the 'flash' attention backend has no attention dropout: set dropout=0 or use 'sdpa'")
             from bloomlib.kernels import flash_attention
             return flash_attention(q, k, v, causal=causal, window=window), None
         k, v = repeat_kv(k, self.n_head // self.n_kv_head), repeat_kv(v, self.n_head // self.n_kv_head)
@@ -289,3 +362,11 @@ class MultiHeadAttention(nn.Module):
         if allowed is not None:  # zero the rows with nothing to attend to (torch gives NaN there)
             out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
         return out, None
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Run every attention module of `model` with `backend` ("sdpa", "math" or "flash"); returns the model."""
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.set_backend(backend)
+    return model

@@ -66,7 +66,7 @@ class Block(nn.Module):
             causal = config.causal and not cross
             return MultiHeadAttention(config.d_model, config.n_head, config.n_kv_head, bias=config.bias,
                                       causal=causal, sliding_window=config.sliding_window if causal else None,
-                                      dropout=config.dropout, backend=config.attn_backend, cross=cross)
+                                      dropout=config.dropout, cross=cross)
 
         self.norm1, self.attn = make_norm(config), attention(cross=False)
         self.norm_cross = make_norm(config) if cross_attention else None
@@ -79,18 +79,19 @@ class Block(nn.Module):
         x = x + apply_dropout(self.dropout, out)
         return x if self.prenorm else norm(x)
 
-    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, alibi: torch.Tensor | None = None,
                 rope=None, positions: torch.Tensor | None = None, kv_cache: KVCache | None = None, layer: int = 0,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         """Returns (x, weights) with weights {"self": (B, H, T, n_k), "cross": (B, H, T, S)} when need_weights.
+        kv_cache: a KVCache, or the serving engine's paged cache (any object with the same interface).
 
         Each sublayer: pre-LN x = x + f(norm(x)); post-LN x = norm(x + f(x)).
         """
         weights: dict[str, torch.Tensor | None] = {}
         h = self.norm1(x) if self.prenorm else x
-        out, weights["self"] = self.attn(h, mask=mask, bias=bias, rope=rope, positions=positions, kv_cache=kv_cache,
-                                         layer=layer, need_weights=need_weights)
+        out, weights["self"] = self.attn(h, mask=mask, alibi=alibi, rope=rope, positions=positions,
+                                         kv_cache=kv_cache, layer=layer, need_weights=need_weights)
         x = self._residual(x, out, self.norm1)
         if self.cross_attn is not None:
             if context is None:

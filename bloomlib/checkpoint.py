@@ -4,12 +4,11 @@
     config.json         {"architecture": "GPT", "config": GPTConfig.to_dict(), "dtype": "float32", "meta": {...}}
     tokenizer.json      optional, see bloomlib.tokenizer
 
-`architecture` names an entry of ARCHITECTURES, a class built as `cls(config)`; the course's classes are
-imported lazily, and tests may register their own.
+`architecture` names an entry of ARCHITECTURES, a class built as `cls(config)`; tests may register their own.
+How a model runs (its attention backend, its device) is not saved: `load_checkpoint(..., attn_backend=, device=)`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +17,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from .config import GPTConfig
-from .tokenizer import Tokenizer, load_tokenizer
+from bloomlib.attention import set_attention_backend
+from bloomlib.config import GPTConfig
+from bloomlib.encoder import Encoder, EncoderDecoder
+from bloomlib.model import COURSE_MODEL, DRAFT_MODEL, GPT
+from bloomlib.tokenizer import Tokenizer, load_tokenizer
 
-# name -> class, or "module:Class" imported on first use
-ARCHITECTURES: dict[str, type | str] = {
-    "GPT": "bloomlib.model:GPT",
-    "Encoder": "bloomlib.encoder:Encoder",
-    "EncoderDecoder": "bloomlib.encoder:EncoderDecoder",
-}
+ARCHITECTURES: dict[str, type] = {"GPT": GPT, "Encoder": Encoder, "EncoderDecoder": EncoderDecoder}
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 
 
@@ -41,11 +38,7 @@ class Checkpoint:
 def _resolve(name: str) -> type:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    cls = ARCHITECTURES[name]
-    if isinstance(cls, str):
-        module, attr = cls.split(":")
-        cls = ARCHITECTURES[name] = getattr(importlib.import_module(module), attr)
-    return cls
+    return ARCHITECTURES[name]
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, tokenizer: Tokenizer | None = None,
@@ -77,8 +70,10 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, tokenizer: Token
     return folder
 
 
-def load_checkpoint(folder: str | Path, device: torch.device | str | None = None) -> Checkpoint:
-    """Rebuild the model from config.json, load its weights, and return it in eval mode on `device`."""
+def load_checkpoint(folder: str | Path, device: torch.device | str | None = None,
+                    attn_backend: str | None = None) -> Checkpoint:
+    """Rebuild the model from config.json, load its weights, and return it in eval mode on `device`,
+    computing attention with `attn_backend` ("sdpa" when None; see GPT.set_attention_backend)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"checkpoint folder {str(folder)!r} does not exist")
@@ -104,5 +99,13 @@ def load_checkpoint(folder: str | Path, device: torch.device | str | None = None
     except (RuntimeError, SafetensorError) as e:
         raise ValueError(f"{folder / WEIGHTS} does not match a {name} built from config.json: {e}") from None
     model.to(device if device is not None else "cpu").eval()
+    if attn_backend is not None:
+        set_attention_backend(model, attn_backend)
     tokenizer = load_tokenizer(folder / TOKENIZER) if (folder / TOKENIZER).is_file() else None
     return Checkpoint(model, tokenizer, header.get("meta") or {}, name)
+
+
+def load_course_model(draft: bool = False, device: torch.device | str | None = None,
+                      attn_backend: str | None = None) -> Checkpoint:
+    """The course's shipped model (or its speculative-decoding draft) with its tokenizer."""
+    return load_checkpoint(DRAFT_MODEL if draft else COURSE_MODEL, device=device, attn_backend=attn_backend)

@@ -8,7 +8,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("bloomlib.cli", "info_main", "device, versions, and whether Triton works here"),
     "train": ("bloomlib.training.train", "main", "train a GPT on the course corpus (see --help)"),
-    "generate": ("bloomlib.model", "generate_main", "generate text from a checkpoint"),
+    "generate": ("bloomlib.cli", "generate_main", "generate text from a checkpoint"),
     "serve": ("bloomlib.serving.server", "main", "OpenAI-compatible server for a checkpoint"),
     "grade": ("bloomlib.course.grading", "main", "grade one exercise notebook"),
 }
@@ -37,6 +37,37 @@ def info_main(argv: list[str] | None = None) -> int:
         print(f"triton      {triton_status()}")
     except ImportError:
         print("triton      bloomlib.kernels not available")
+    return 0
+
+
+def generate_main(argv: list[str] | None = None) -> int:
+    """`bloomlib generate`: sample text from a checkpoint folder (default: the course model)."""
+    import argparse
+
+    import torch
+
+    from bloomlib.checkpoint import load_checkpoint
+    from bloomlib.model import COURSE_MODEL
+
+    p = argparse.ArgumentParser(prog="bloomlib generate", description=generate_main.__doc__)
+    p.add_argument("--checkpoint", default=str(COURSE_MODEL), help="checkpoint folder (default: the course model)")
+    p.add_argument("--prompt", default="The ", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.tokenizer is None:
+        p.error(f"{args.checkpoint} has no tokenizer.json")
+    model, tok = ckpt.model, ckpt.tokenizer
+    idx = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eos_id],
+                         generator=torch.Generator().manual_seed(args.seed))
+    print(tok.decode(out[0].tolist()))
     return 0
 
 

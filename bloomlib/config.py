@@ -11,7 +11,7 @@ from dataclasses import dataclass
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
 FFNS = ("gelu", "gelu_tanh", "relu", "swiglu")
-ATTN_BACKENDS = ("sdpa", "math", "flash")
+RUNTIME_FIELDS = ("attn_backend",)  # once saved in config.json; how a model runs is not what it is
 
 
 @dataclass
@@ -35,8 +35,6 @@ class GPTConfig:
     type_vocab_size: number of token types (BERT's segment embeddings); 0 for none.
     embed_norm:   a norm right after the embeddings (BERT); final_norm: one before the head (GPT-2 pre-LN).
     tie_weights:  share the token embedding with the output projection.
-    attn_backend: "sdpa" (torch's fused kernel), "math" (bloomlib's step-by-step attention) or
-                  "flash" (bloomlib.kernels.flash_attention).
     n_classes:    size of the Encoder's classification head (0: no head).
     """
 
@@ -61,7 +59,6 @@ class GPTConfig:
     embed_norm: bool = False
     final_norm: bool = True
     tie_weights: bool = True
-    attn_backend: str = "sdpa"
     n_classes: int = 0
 
     def __post_init__(self) -> None:
@@ -77,8 +74,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: n_head={self.n_head} must divide d_model={self.d_model}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"GPTConfig: n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
-        for name, allowed in (("pos_encoding", POS_ENCODINGS), ("norm", NORMS), ("ffn", FFNS),
-                              ("attn_backend", ATTN_BACKENDS)):
+        for name, allowed in (("pos_encoding", POS_ENCODINGS), ("norm", NORMS), ("ffn", FFNS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is unknown; choose one of {allowed}")
         if self.pos_encoding == "rope" and self.head_dim % 2:
@@ -97,6 +93,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
+        # Older checkpoints saved the attention backend, a runtime choice (see GPT.set_attention_backend): ignore it.
+        d = {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

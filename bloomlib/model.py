@@ -4,17 +4,16 @@ Read top to bottom: embeddings -> N blocks -> final norm -> language-model head.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from bloomlib.attention import KVCache
+from bloomlib.attention import KVCache, set_attention_backend
 from bloomlib.blocks import Block, apply_dropout, make_norm
 from bloomlib.config import GPTConfig
-from bloomlib.positional import RotaryEmbedding, alibi_bias, alibi_slopes, sinusoidal_encoding
-from bloomlib.sampling import apply_repetition_penalty, check_sampling_args, sample_next_token
+from bloomlib.positional import RotaryEmbedding, alibi_slopes, sinusoidal_encoding
+from bloomlib.sampling import apply_repetition_penalty, check_sampling_args, draw_next_token
 
 COURSE_MODEL = Path(__file__).parent / "assets" / "course_model"
 DRAFT_MODEL = Path(__file__).parent / "assets" / "draft_model"
@@ -69,7 +68,7 @@ class Transformer(nn.Module):
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                 need_weights: bool = False, check_ids: bool = True) -> tuple[torch.Tensor, list[dict]]:
         """idx: (B, T) token ids. attention_mask: (B, n_k) 1 = real token, 0 = padding (keys to ignore).
-        kv_cache: past keys/values; the T new tokens continue at position kv_cache.length.
+        kv_cache: past keys/values (a KVCache or the engine's paged cache): it says where the T new tokens sit.
         context / context_mask: encoder output (B, S, d_model) and its padding mask (B, S) for cross-attention.
         check_ids=False skips the id-range check (generation checks the prompt once, not every step).
         Returns (hidden (B, T, d_model), per-layer attention weights (empty unless need_weights)).
@@ -77,22 +76,23 @@ class Transformer(nn.Module):
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
             raise ValueError(f"idx must be integer token ids of shape (batch, seq), got {idx.dtype} {tuple(idx.shape)}")
         B, T = idx.shape
-        past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence of {past + T} tokens is longer than the context window "
+        if kv_cache is None:
+            positions, end = torch.arange(T, device=idx.device), T
+        else:
+            positions, end = kv_cache.positions(T, idx.device)
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than the context window "
                              f"(block_size={self.config.block_size})")
         if check_ids:
             self.check_token_ids(idx)
-        positions = torch.arange(past, past + T, device=idx.device)
         x = self.embed(idx, positions, token_type_ids)
-        mask = None if attention_mask is None else _padding_mask(attention_mask, B, past + T, "attention_mask")
+        mask = None if attention_mask is None else _padding_mask(attention_mask, B, end, "attention_mask")
         cmask = None if context_mask is None else _padding_mask(context_mask, B, context.shape[1], "context_mask")
-        bias = (alibi_bias(self.alibi_slopes, T, past + T).to(x.dtype)
-                if self.config.pos_encoding == "alibi" else None)
+        alibi = self.alibi_slopes.to(x.dtype) if self.config.pos_encoding == "alibi" else None
         all_weights = []
         for i, block in enumerate(self.blocks):
-            x, w = block(x, mask=mask, bias=bias, rope=self.rope, positions=positions, kv_cache=kv_cache, layer=i,
-                         context=context, context_mask=cmask, need_weights=need_weights)
+            x, w = block(x, mask=mask, alibi=alibi, rope=self.rope, positions=positions, kv_cache=kv_cache,
+                         layer=i, context=context, context_mask=cmask, need_weights=need_weights)
             if need_weights:
                 all_weights.append(w)
         if self.final_norm is not None:
@@ -128,6 +128,10 @@ class GPT(nn.Module):
         logits = self.lm_head(h)
         return (logits, [w["self"] for w in weights]) if return_attention else logits
 
+    def set_attention_backend(self, backend: str) -> None:
+        """Compute attention with "sdpa", "math" or "flash" from now on (a runtime choice, not saved)."""
+        set_attention_backend(self, backend)
+
     def new_kv_cache(self) -> KVCache:
         return KVCache(self.config.n_layer, self.config.block_size)
 
@@ -147,17 +151,11 @@ class GPT(nn.Module):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.transformer.check_token_ids(idx)  # once: every later token comes from the model's own vocabulary
-        # A one-token step is tiny, so per-call overheads dominate it on a CPU. inference_mode skips autograd's
-        # bookkeeping; turning oneDNN off for the loop keeps torch from sending exact GELU to oneDNN, whose
-        # per-call setup costs several times more than a 512-element GELU (results agree to float rounding).
-        onednn = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
-        try:
-            with torch.inference_mode():
-                out = self._generate(idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                                     stop_tokens, generator, use_cache)
-        finally:
-            torch.backends.mkldnn.enabled = onednn
+        # A one-token step is tiny, so per-call overheads dominate it on a CPU: inference_mode skips autograd's
+        # bookkeeping (and is local to this thread and this call, unlike a process-wide backend switch).
+        with torch.inference_mode():
+            out = self._generate(idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                 stop_tokens, generator, use_cache)
         return out.clone()  # an ordinary tensor, usable with autograd afterwards
 
     def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_tokens,
@@ -181,7 +179,7 @@ class GPT(nn.Module):
                 h = self._last_hidden(seq[:, fed:n], cache)
             fed = n
             logits = apply_repetition_penalty(self.lm_head(h).float(), seq[:, :n], repetition_penalty)
-            nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
+            nxt = draw_next_token(logits, temperature, top_k, top_p, generator)  # arguments checked above
             if len(stops):
                 nxt = torch.where(finished, fill, nxt)
                 newly = ~finished & torch.isin(nxt, stops)
@@ -223,36 +221,3 @@ def flops_per_token(config: GPTConfig, n_params: int, seq_len: int | None = None
     6 N for the matmuls (2 forward, 4 backward) + 12 L H d_head T for attention scores and mixing."""
     T = config.block_size if seq_len is None else seq_len
     return 6 * n_params + 12 * config.n_layer * config.n_head * config.head_dim * T
-
-
-def load_course_model(draft: bool = False, device: torch.device | str | None = None):
-    """The course's shipped model (or its speculative-decoding draft): returns a bloomlib Checkpoint."""
-    from bloomlib.checkpoint import load_checkpoint
-
-    return load_checkpoint(DRAFT_MODEL if draft else COURSE_MODEL, device=device)
-
-
-def generate_main(argv: list[str] | None = None) -> int:
-    """`bloomlib generate`: sample text from a checkpoint folder (default: the course model)."""
-    p = argparse.ArgumentParser(prog="bloomlib generate", description=generate_main.__doc__)
-    p.add_argument("--checkpoint", default=str(COURSE_MODEL), help="checkpoint folder (default: the course model)")
-    p.add_argument("--prompt", default="The ", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    from bloomlib.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(args.checkpoint)
-    if ckpt.tokenizer is None:
-        p.error(f"{args.checkpoint} has no tokenizer.json")
-    model, tok = ckpt.model.eval(), ckpt.tokenizer
-    idx = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
-    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eos_id],
-                         generator=torch.Generator().manual_seed(args.seed))
-    print(tok.decode(out[0].tolist()))
-    return 0

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn as nn
 
+from bloomlib.masks import end_aligned_positions
+
 
 def sinusoidal_encoding(seq_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
     """(seq_len, d_model): PE[p, 2i] = sin(p / base^(2i/d)), PE[p, 2i+1] = cos(p / base^(2i/d))."""
@@ -75,8 +77,11 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
     return torch.tensor(power_of_two(closest) + power_of_two(2 * closest)[0::2][: n_head - closest])
 
 
-def alibi_bias(slopes: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
-    """(H, n_q, n_k) additive bias: -slope_h * |p_i - j|, with queries aligned to the end (p_i = i + n_k - n_q)."""
-    q_pos = torch.arange(n_q, device=slopes.device)[:, None] + (n_k - n_q)
-    k_pos = torch.arange(n_k, device=slopes.device)[None, :]
-    return -slopes[:, None, None] * (q_pos - k_pos).abs()
+def alibi_bias(slopes: torch.Tensor, n_q: int, n_k: int, *, q_pos: torch.Tensor | None = None,
+               k_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive bias -slope_h * |p_i - j|: (H, n_q, n_k) with queries aligned to the end (p_i = i + n_k - n_q),
+    or at explicit positions q_pos (..., n_q) and k_pos (n_k,) -> (..., H, n_q, n_k)."""
+    if q_pos is None:
+        q_pos, k_pos = end_aligned_positions(n_q, n_k, slopes.device)
+    dist = (q_pos[..., :, None] - k_pos[None, :]).abs()[..., None, :, :]  # (..., 1, n_q, n_k)
+    return -slopes[:, None, None] * dist

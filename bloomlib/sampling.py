@@ -70,6 +70,12 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
     check_sampling_args(temperature, top_k, top_p)
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}")
+    return draw_next_token(logits, temperature, top_k, top_p, generator)
+
+
+def draw_next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """sample_next_token without its checks, for a loop that checked its arguments once."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)

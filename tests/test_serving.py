@@ -3,23 +3,26 @@
 References: torch's sdpa / bloomlib.scaled_dot_product_attention over contiguous K/V, and GPT.generate
 (float64 models, so near-ties cannot flip an argmax).
 """
+import functools
 import random
 
 import pytest
 import torch
 
 from bloomlib import GPT, GPTConfig, alibi_bias, alibi_slopes, scaled_dot_product_attention
-from bloomlib.serving import LLM, LLMEngine, SafetyFilter, SamplingParams, Sequence, paged_attention
+from bloomlib.attention import MultiHeadAttention
+from bloomlib.serving import (LLM, EngineConfig, LLMEngine, PagedKVCache, SafetyFilter, SamplingParams,
+                              Sequence)
 from bloomlib.tokenizer import ByteBPETokenizer
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Attention is all you need; the cat sat on the mat. "
         "Naïve café, über straße, 東京 and emoji 🙂🚀 too. ") * 4
 
 
-def tiny_gpt(pos="learned", vocab=64, n_kv_head=2, seed=0, block_size=64) -> GPT:
+def tiny_gpt(pos="learned", vocab=64, n_kv_head=2, seed=0, block_size=64, window=None) -> GPT:
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=2, n_head=4, n_kv_head=n_kv_head,
-                    d_model=32, pos_encoding=pos)
+                    d_model=32, pos_encoding=pos, sliding_window=window)
     return GPT(cfg).double().eval()
 
 
@@ -28,51 +31,55 @@ def reference(model: GPT, prompt: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("alibi,window", [(False, None), (True, None), (False, 5)])
-def test_paged_attention_equals_contiguous(alibi, window):
+def test_paged_cache_attention_equals_contiguous(alibi, window):
+    """Sequences fed through one PagedKVCache in uneven chunks (a prefill after a cached prefix, decodes, a
+    fresh prompt), their pages scattered over the pool, read back what contiguous attention computes."""
     g = torch.Generator().manual_seed(0)
-    H, H_kv, D, bs, num_blocks = 4, 2, 8, 4, 32
-    k_cache = torch.zeros(num_blocks * bs, H_kv, D, dtype=torch.float64)
-    v_cache = torch.zeros_like(k_cache)
-    perm = torch.randperm(num_blocks, generator=g).tolist()  # blocks scattered over the pool
-    lens, n_q = [7, 13, 1, 9], [1, 4, 1, 9]
-    tables, ks, vs = [], [], []
-    for n in lens:
-        table = [perm.pop() for _ in range(-(-n // bs))]
-        k = torch.randn(n, H_kv, D, generator=g, dtype=torch.float64)
-        v = torch.randn(n, H_kv, D, generator=g, dtype=torch.float64)
-        slots = torch.tensor([table[p // bs] * bs + p % bs for p in range(n)])
-        k_cache[slots], v_cache[slots] = k, v
-        tables.append(table)
-        ks.append(k)
-        vs.append(v)
-    T = max(n_q)
-    q = torch.randn(len(lens), T, H, D, generator=g, dtype=torch.float64)
-    q_pos = torch.tensor([[max(n - t, 0) + i if i < t else 0 for i in range(T)] for n, t in zip(lens, n_q)])
-    width = max(map(len, tables))
-    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables])
+    H, H_kv, D, ps, num_pages = 4, 2, 8, 4, 32
+    attn = MultiHeadAttention(H * D, H, H_kv, causal=True, sliding_window=window)
+    cache = PagedKVCache(1, num_pages, ps, H_kv, D, dtype=torch.float64)
+    perm = torch.randperm(num_pages, generator=g).tolist()
+    lens, cached = [7, 13, 1, 9], [6, 9, 0, 0]  # total length, and how much of it an earlier step stored
+    tables = [[perm.pop() for _ in range(-(-n // ps))] for n in lens]
+    ks = [torch.randn(1, H_kv, n, D, generator=g, dtype=torch.float64) for n in lens]
+    vs = [torch.randn(1, H_kv, n, D, generator=g, dtype=torch.float64) for n in lens]
+    qs = [torch.randn(1, H, n, D, generator=g, dtype=torch.float64) for n in lens]
     slopes = alibi_slopes(H).double() if alibi else None
-    out = paged_attention(q, k_cache, v_cache, bt, torch.tensor(lens), q_pos, bs, alibi_slopes=slopes, window=window)
-    for i, (n, t) in enumerate(zip(lens, n_q)):
-        qi = q[i, :t].transpose(0, 1)[None]                       # (1, H, t, D)
-        ki, vi = ks[i].transpose(0, 1)[None], vs[i].transpose(0, 1)[None]
+    attend = functools.partial(attn.attend, alibi=slopes)
+
+    def step(starts, ends):
+        cat = lambda ts: torch.cat([t[:, :, s:e] for t, s, e in zip(ts, starts, ends) if e > s], dim=2)
+        rows = [i for i, (s, e) in enumerate(zip(starts, ends)) if e > s]
+        cache.prepare([starts[i] for i in rows], [ends[i] - starts[i] for i in rows], [tables[i] for i in rows])
+        return cache.attend(0, cat(qs), cat(ks), cat(vs), attend)[0], rows
+
+    step([0] * 4, cached)                                   # the cached prefixes
+    out, rows = step(cached, lens)                          # the rest in one packed step
+    offset = 0
+    for i in rows:
+        t, n = lens[i] - cached[i], lens[i]
         bias = alibi_bias(slopes, t, n) if alibi else None
-        ref, _ = scaled_dot_product_attention(qi, ki, vi, is_causal=True, window=window, bias=bias)
-        torch.testing.assert_close(out[i, :t], ref[0].transpose(0, 1))
+        ref, _ = scaled_dot_product_attention(qs[i][:, :, cached[i]:], ks[i], vs[i], is_causal=True, window=window,
+                                              bias=bias)
+        torch.testing.assert_close(out[:, :, offset:offset + t], ref)
         if not alibi and window is None:  # and torch's own kernel (GQA, end-aligned causal mask)
             mask = torch.ones(t, n, dtype=torch.bool).tril(n - t)
-            ref2 = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, enable_gqa=True)
-            torch.testing.assert_close(out[i, :t], ref2[0].transpose(0, 1))
+            ref2 = torch.nn.functional.scaled_dot_product_attention(qs[i][:, :, cached[i]:], ks[i], vs[i],
+                                                                    attn_mask=mask, enable_gqa=True)
+            torch.testing.assert_close(out[:, :, offset:offset + t], ref2)
+        offset += t
 
 
-@pytest.mark.parametrize("pos,n_kv_head", [("learned", 4), ("rope", 2), ("sinusoidal", 1), ("none", 2),
-                                           ("alibi", 4)])
-def test_batched_greedy_equals_one_at_a_time_with_random_arrivals_and_preemption(pos, n_kv_head):
-    model = tiny_gpt(pos, n_kv_head=n_kv_head)
+@pytest.mark.parametrize("pos,n_kv_head,window", [("learned", 4, None), ("rope", 2, None), ("sinusoidal", 1, None),
+                                                  ("none", 2, None), ("alibi", 4, None), ("rope", 2, 5),
+                                                  ("alibi", 1, 7)])
+def test_batched_greedy_equals_one_at_a_time_with_random_arrivals_and_preemption(pos, n_kv_head, window):
+    model = tiny_gpt(pos, n_kv_head=n_kv_head, window=window)
     rng = random.Random(1)
     prompts = [[rng.randrange(64) for _ in range(rng.randint(1, 20))] for _ in range(8)]
     max_tokens = [rng.randint(1, 24) for _ in prompts]
     # 14 blocks of 4 tokens cannot hold 8 sequences of up to 44 tokens: preemption must happen
-    engine = LLMEngine(model, num_blocks=14, block_size=4, max_num_seqs=8)
+    engine = LLMEngine(model, config=EngineConfig(num_kv_blocks=14, kv_block_size=4, max_num_seqs=8))
     arrivals = sorted(rng.randint(0, 12) for _ in prompts)
     results, step, pending = {}, 0, list(zip(arrivals, prompts, max_tokens))
     while pending or engine.has_unfinished():
@@ -87,7 +94,7 @@ def test_batched_greedy_equals_one_at_a_time_with_random_arrivals_and_preemption
     assert engine.scheduler.num_preemptions > 0
     assert engine.bm.num_free == engine.bm.num_blocks  # no leaked blocks
     assert all(b.ref_count == 0 for b in engine.bm.blocks)
-    one_at_a_time = LLM(model, max_num_seqs=1, block_size=4)
+    one_at_a_time = LLM(model, config=EngineConfig(max_num_seqs=1, kv_block_size=4))
     for i, (p, n) in enumerate(zip(prompts, max_tokens)):
         ref = reference(model, p, n)
         assert results[str(i)] == ref, f"request {i}"
@@ -101,7 +108,8 @@ def test_other_architectures_match_generate(over):
     cfg = dict(vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32) | over
     model = GPT(GPTConfig(**cfg)).double().eval()
     prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11]]
-    outs = LLM(model, block_size=4).generate(prompts, SamplingParams(temperature=0, max_tokens=15))
+    outs = LLM(model, config=EngineConfig(kv_block_size=4)).generate(prompts,
+                                                             SamplingParams(temperature=0, max_tokens=15))
     assert [o.token_ids for o in outs] == [reference(model, p, 15) for p in prompts]
 
 
@@ -109,7 +117,7 @@ def test_prefix_cache_hits_on_shared_system_prompt():
     model = tiny_gpt("rope")
     system = list(range(1, 25))  # 24 tokens = 6 full blocks of 4
     prompts = [system + [40 + i, 50 + i] for i in range(4)]
-    llm = LLM(model, block_size=4, num_blocks=64)
+    llm = LLM(model, config=EngineConfig(kv_block_size=4, num_kv_blocks=64))
     bm = llm.engine.bm
     first = llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=5))
     assert bm.hits == 0 and bm.num_cached > 0
@@ -122,7 +130,7 @@ def test_prefix_cache_hits_on_shared_system_prompt():
 
 def test_lru_eviction_keeps_outputs_right():
     model = tiny_gpt("learned")
-    llm = LLM(model, block_size=4, num_blocks=10)
+    llm = LLM(model, config=EngineConfig(kv_block_size=4, num_kv_blocks=10))
     rng = random.Random(2)
     for _ in range(6):  # many distinct prompts through a small pool: cached blocks are evicted and reused
         p = [rng.randrange(64) for _ in range(rng.randint(5, 16))]
@@ -130,7 +138,7 @@ def test_lru_eviction_keeps_outputs_right():
 
 
 def test_cancel_frees_blocks_at_once():
-    engine = LLMEngine(tiny_gpt(), block_size=4, num_blocks=40)
+    engine = LLMEngine(tiny_gpt(), config=EngineConfig(kv_block_size=4, num_kv_blocks=40))
     a = engine.add_request(list(range(10)), SamplingParams(temperature=0, max_tokens=30))
     b = engine.add_request(list(range(5)), SamplingParams(temperature=0, max_tokens=30))
     engine.step()

@@ -20,6 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bloomlib.serving.config import EngineConfig
 from bloomlib.serving.engine import LLMEngine
 from bloomlib.serving.quantization import quantize_model, weight_bytes
 from bloomlib.serving.sequence import SamplingParams
@@ -53,7 +54,8 @@ def make_requests(n: int, vocab: int, context: int, seed: int = 0) -> list[tuple
 
 def run_engine(model, reqs, concurrency: int, static: bool, block_size: int, kv_stats: dict | None = None):
     """Serve every request; returns output tokens/s. static: admit a new batch only once the last one ended."""
-    engine = LLMEngine(model, block_size=block_size, max_num_seqs=concurrency, safety_filter=None)
+    engine = LLMEngine(model, config=EngineConfig(kv_block_size=block_size, max_num_seqs=concurrency),
+                       safety_filter=None)
     todo, produced = list(reqs), 0
     samples = []
     t0 = time.perf_counter()
@@ -111,7 +113,7 @@ def bench_speculative(target, draft, tok, n: int, k: int, max_tokens: int) -> di
         for i, p in enumerate(prompts):
             spec.generate(p, SamplingParams(temperature=temp, max_tokens=max_tokens, ignore_eos=True, seed=i))
         t_spec = time.perf_counter() - t0
-        plain = LLMEngine(target, max_num_seqs=1, safety_filter=None)
+        plain = LLMEngine(target, config=EngineConfig(max_num_seqs=1), safety_filter=None)
         t0 = time.perf_counter()
         for i, p in enumerate(prompts):
             plain.add_request(p, SamplingParams(temperature=temp, max_tokens=max_tokens, ignore_eos=True, seed=i))

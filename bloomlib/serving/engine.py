@@ -18,6 +18,7 @@ import torch
 
 from bloomlib.sampling import filter_logits
 from bloomlib.serving.block_manager import BlockManager
+from bloomlib.serving.config import EngineConfig
 from bloomlib.serving.model_runner import ModelRunner
 from bloomlib.serving.scheduler import Scheduler
 from bloomlib.serving.sequence import RequestOutput, SafetyFilter, SamplingParams, Sequence
@@ -40,28 +41,27 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
 class LLMEngine:
     """Continuous-batching engine over a paged KV cache for one bloomlib GPT (+ optional tokenizer).
 
-    num_blocks: KV blocks in the pool (default: room for max_num_seqs full contexts); block_size: tokens each.
+    config: an EngineConfig (page size, pool size, sequence and token limits, prefix caching).
     safety_filter: a SafetyFilter for the text output (default: the small blocklist), or None.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None, *, num_blocks: int | None = None,
-                 block_size: int = 16, max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
-                 enable_prefix_caching: bool = True, safety_filter: SafetyFilter | None | str = "default") -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer=None, config: EngineConfig | None = None, *,
+                 safety_filter: SafetyFilter | None | str = "default") -> None:
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, model.config
+        self.engine_config = cfg = config or EngineConfig()
         self.context = self.config.block_size
         if tokenizer is not None and tokenizer.vocab_size != self.config.vocab_size:
             raise ValueError(f"tokenizer vocab_size={tokenizer.vocab_size} != model vocab_size="
                              f"{self.config.vocab_size}")
-        per_seq = -(-self.context // block_size)
-        num_blocks = num_blocks or max_num_seqs * per_seq
-        self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
-        self.runner = ModelRunner(model, num_blocks, block_size)
-        self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, self.context))
+        num_pages = cfg.num_kv_blocks or cfg.max_num_seqs * -(-self.context // cfg.kv_block_size)
+        self.bm = BlockManager(num_pages, cfg.kv_block_size, cfg.enable_prefix_caching)
+        self.runner = ModelRunner(model, num_pages, cfg.kv_block_size)
+        self.scheduler = Scheduler(self.bm, cfg.max_num_seqs, max(cfg.max_num_batched_tokens, self.context))
         self.safety = SafetyFilter() if safety_filter == "default" else safety_filter
         self.eos_id = tokenizer.eos_id if tokenizer is not None else None
         self.seqs: dict[str, Sequence] = {}
         self._ids = itertools.count()
-        self.generated_tokens, self.started = 0, time.perf_counter()
+        self.generated_tokens = 0
         self._recent: list[tuple[float, int]] = []  # (time, tokens) of recent steps, for tokens/s
 
     def encode(self, prompt) -> list[int]:
@@ -153,13 +153,14 @@ class CompletionOutput:
 class LLM:
     """Offline batch generation: `LLM(model_or_checkpoint_folder, tokenizer=None).generate(prompts, params)`."""
 
-    def __init__(self, model, tokenizer=None, **engine_kwargs) -> None:
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, *,
+                 safety_filter: SafetyFilter | None | str = "default") -> None:
         if isinstance(model, (str, Path)):
             from bloomlib.checkpoint import load_checkpoint
 
             ckpt = load_checkpoint(model)
             model, tokenizer = ckpt.model, tokenizer or ckpt.tokenizer
-        self.engine = LLMEngine(model, tokenizer, **engine_kwargs)
+        self.engine = LLMEngine(model, tokenizer, config, safety_filter=safety_filter)
 
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> list[CompletionOutput]:
         """prompts: a string, a list of token ids, or a list of either. Outputs come in request order."""

@@ -45,16 +45,16 @@ class SpeculativeDecoder:
     """Draft-and-verify generation for one request at a time. target, draft: GPTs sharing a tokenizer."""
 
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, k: int = 4, tokenizer=None,
-                 block_size: int = 16) -> None:
+                 kv_block_size: int = 16) -> None:
         if target.config.vocab_size != draft.config.vocab_size:
             raise ValueError(f"draft vocab_size={draft.config.vocab_size} != target vocab_size="
                              f"{target.config.vocab_size}")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k (draft tokens per step) must be a positive integer, got {k!r}")
-        self.k, self.tokenizer, self.bs = k, tokenizer, block_size
+        self.k, self.tokenizer = k, tokenizer
         self.context = min(target.config.block_size, draft.config.block_size)
-        n = -(-self.context // block_size)
-        self.target, self.draft = ModelRunner(target, n, block_size), ModelRunner(draft, n, block_size)
+        n = -(-self.context // kv_block_size)  # one sequence at a time: its pages are simply 0, 1, ..., n - 1
+        self.target, self.draft = ModelRunner(target, n, kv_block_size), ModelRunner(draft, n, kv_block_size)
         self.table = list(range(n))
         self.stats = SpecStats()
 

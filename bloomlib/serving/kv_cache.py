@@ -1,0 +1,108 @@
+"""The engine's paged KV cache: what `bloomlib.KVCache` is to one sequence, this is to a whole batch of them.
+
+Keys and values live in one pool of pages per layer, each page holding `page_size` token slots; a sequence
+owns the pages its block table lists (bloomlib.serving.block_manager decides which), so position p of a
+sequence lives in slot `table[p // page_size] * page_size + p % page_size`.
+
+An engine step feeds several sequences at once, each from its own start position, packed into one row
+(1, N) of tokens, so the model's matmuls run on all of them together. `prepare` lays the step out once;
+then the model's own blocks run over it, calling the two methods of the cache interface:
+  positions(N)                    -> the packed tokens' positions (for learned/sinusoidal embeddings and RoPE)
+  attend(layer, q, k, v, attend)  -> stores k, v in the sequences' slots, then, for each group of sequences,
+                                     gathers their pages and calls the model's own `attend` with an
+                                     AttentionLayout that says where every query and key sits.
+Decoding sequences (one query each) and prefilling ones form separate groups, so that one long prompt does
+not pad every decode query to its length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bloomlib.attention import AttentionLayout
+
+
+@dataclass
+class _Group:
+    """Some sequences of a step, padded to T queries: `index` (b, T) into the packed tokens, `valid` (b, T)."""
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    tables: torch.Tensor   # (b, max_pages) page ids (padding entries are never visible)
+    layout: AttentionLayout
+
+
+class PagedKVCache:
+    """k_pages, v_pages: (n_layer, num_pages, page_size, n_kv_head, head_dim)."""
+
+    def __init__(self, n_layer: int, num_pages: int, page_size: int, n_kv_head: int, head_dim: int, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        shape = (n_layer, num_pages, page_size, n_kv_head, head_dim)
+        self.k_pages = torch.zeros(shape, dtype=dtype, device=device)
+        self.v_pages = torch.zeros(shape, dtype=dtype, device=device)
+        self.page_size = page_size
+        self._step: tuple[torch.Tensor, torch.Tensor, int, list[_Group]] | None = None
+
+    @property
+    def bytes_per_token(self) -> int:
+        n_layer, _, _, n_kv_head, head_dim = self.k_pages.shape
+        return 2 * n_layer * n_kv_head * head_dim * self.k_pages.element_size()
+
+    def prepare(self, starts: list[int], lens: list[int], block_tables: list[list[int]]) -> None:
+        """Lay out one step: sequence i feeds lens[i] tokens at positions starts[i], starts[i] + 1, ... (its
+        keys and values before starts[i] are already cached), packed one sequence after another."""
+        dev, ps = self.k_pages.device, self.page_size
+        positions = [p for s, n in zip(starts, lens) for p in range(s, s + n)]
+        slots = [table[p // ps] * ps + p % ps for s, n, table in zip(starts, lens, block_tables)
+                 for p in range(s, s + n)]
+        offsets = [0]
+        for n in lens:
+            offsets.append(offsets[-1] + n)
+        groups = []
+        for rows in ([i for i, n in enumerate(lens) if n == 1], [i for i, n in enumerate(lens) if n > 1]):
+            if rows:
+                groups.append(self._group(rows, starts, lens, offsets, block_tables))
+        end = max(s + n for s, n in zip(starts, lens))
+        self._step = (torch.tensor(positions, device=dev), torch.tensor(slots, device=dev), end, groups)
+
+    def _group(self, rows, starts, lens, offsets, block_tables) -> _Group:
+        dev, T = self.k_pages.device, max(lens[i] for i in rows)
+        width = max(-(-(starts[i] + lens[i]) // self.page_size) for i in rows)  # pages the longest one reads
+        index = [[offsets[i] + min(t, lens[i] - 1) for t in range(T)] for i in rows]  # padding repeats the last
+        q_pos = [[starts[i] + min(t, lens[i] - 1) for t in range(T)] for i in rows]
+        valid = [[t < lens[i] for t in range(T)] for i in rows]
+        tables = [(block_tables[i] + [0] * width)[:width] for i in rows]
+        context = [starts[i] + lens[i] for i in rows]
+        layout = AttentionLayout(torch.tensor(q_pos, device=dev), torch.arange(width * self.page_size, device=dev),
+                                 torch.tensor(context, device=dev))
+        return _Group(torch.tensor(index, device=dev), torch.tensor(valid, device=dev),
+                      torch.tensor(tables, device=dev), layout)
+
+    def _prepared(self):
+        if self._step is None:
+            raise ValueError("PagedKVCache.prepare(...) must lay out the step before the model runs over it")
+        return self._step
+
+    def positions(self, T: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, int]:
+        positions, _, end, _ = self._prepared()
+        if T != len(positions):
+            raise ValueError(f"the step was prepared for {len(positions)} packed tokens, got {T}")
+        return positions, end
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend):
+        """q (1, H, N, D), k and v (1, H_kv, N, D) for the N packed tokens -> (out (1, H, N, D), None)."""
+        _, slots, _, groups = self._prepared()
+        k_pages, v_pages = self.k_pages[layer], self.v_pages[layer]
+        n_pages, ps, n_kv, D = k_pages.shape
+        k_pages.view(n_pages * ps, n_kv, D).index_copy_(0, slots, k[0].transpose(0, 1).to(k_pages.dtype))
+        v_pages.view(n_pages * ps, n_kv, D).index_copy_(0, slots, v[0].transpose(0, 1).to(v_pages.dtype))
+        out = torch.empty_like(q[0])                                               # (H, N, D)
+        for g in groups:
+            b, T = g.index.shape
+            qg = q[0][:, g.index.flatten()].view(-1, b, T, D).transpose(0, 1)       # (b, H, T, D)
+            kg = k_pages[g.tables].flatten(1, 2).transpose(1, 2)                    # (b, H_kv, pages * ps, D)
+            vg = v_pages[g.tables].flatten(1, 2).transpose(1, 2)
+            og, _ = attend(qg, kg.to(q.dtype), vg.to(q.dtype), layout=g.layout)     # (b, H, T, D)
+            out[:, g.index[g.valid]] = og.transpose(0, 1)[:, g.valid]
+        return out[None], None
