@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from bloomlib import set_attention_backend
 from bloomlib.interop import pretrained
 
 SENTENCES = ["The cat sits on the mat.", "A transformer reads every token at once, weighing them by attention.",
@@ -41,16 +42,14 @@ def test_minilm_shape_and_offline(loaded):
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
 def test_hidden_states_and_attention_match_bert_model(loaded, backend):
     enc, tok, hf = loaded
-    for b in enc.transformer.blocks:
-        b.attn.backend = backend
+    set_attention_backend(enc, backend)
     batch = tok(SENTENCES, padding=True, return_tensors="pt")  # padded: lengths differ
     assert (batch["attention_mask"] == 0).any()
     with torch.no_grad():
         ref = hf(**batch, output_attentions=True)
         h = enc(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         _, weights = enc(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], return_attention=True)
-    for b in enc.transformer.blocks:
-        b.attn.backend = "sdpa"
+    set_attention_backend(enc, "sdpa")
     close_to_scale(h, ref.last_hidden_state, 1e-5)
     assert len(weights) == len(ref.attentions) == 6
     for ours, theirs in zip(weights, ref.attentions):
