@@ -51,13 +51,15 @@ def reference_allowed(n_q, n_k, causal=False, window=None):
     return torch.tensor(rows, dtype=torch.bool)
 
 
-def reference_attention64(q, k, v, allowed=None):
-    """float64 attention by hand: exp of shifted scores, normalised; rows with no allowed key are zero."""
+def reference_attention64(q, k, v, allowed=None, bias=None):
+    """float64 attention by hand: exp of shifted scores (+ bias), normalised; rows with no allowed key are zero."""
     q, k, v = q.double(), k.double(), v.double()
     if k.shape[1] != q.shape[1]:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     scores = torch.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias.double()
     allowed = torch.ones_like(scores, dtype=torch.bool) if allowed is None else allowed.expand_as(scores)
     shifted = scores - scores.masked_fill(~allowed, -1e300).amax(-1, keepdim=True).clamp_min(-1e300)
     e = torch.where(allowed, shifted.exp(), torch.zeros_like(scores))
@@ -319,46 +321,74 @@ def test_gqa_and_mqa_equal_mha_with_repeated_kv_heads(n_kv):
     torch.testing.assert_close(out, expanded_mha(gqa)(x)[0], atol=1e-5, rtol=1e-5)
 
 
-def test_gqa_with_as_many_kv_heads_is_mha():
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_gqa_with_as_many_kv_heads_is_mha(backend):
+    """n_kv_head = n_head is plain multi-head attention: torch's nn.MultiheadAttention, in float64."""
     torch.manual_seed(3)
-    a = bloomlib.MultiHeadAttention(16, 4, 4)
-    b = bloomlib.MultiHeadAttention(16, 4)
-    b.load_state_dict(a.state_dict())
-    x = torch.randn(2, 5, 16)
-    torch.testing.assert_close(a(x)[0], b(x)[0])
+    ref = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_bias.normal_()
+        ref.out_proj.bias.normal_()
+    mha = copy_from_torch_mha(ref, 16, 4, n_kv_head=4, causal=True, backend=backend).double().eval()
+    ref.double()
+    assert mha.n_kv_head == 4 and mha.qkv_proj.weight.shape == ref.in_proj_weight.shape
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    causal = ~torch.ones(5, 5, dtype=torch.bool).tril()  # torch: True = may NOT attend
+    ref_out, ref_w = ref(x, x, x, attn_mask=causal, need_weights=True, average_attn_weights=False)
+    torch.testing.assert_close(mha(x)[0], ref_out, atol=1e-12, rtol=1e-12)
+    out, w = mha(x, need_weights=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(w, ref_w, atol=1e-12, rtol=1e-12)
+
+
+def reference_mha64(mha: bloomlib.MultiHeadAttention, x: torch.Tensor, n_q: int | None = None,
+                    allowed: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-attention by hand in float64 from the module's weights, for the last n_q positions of x over all of x.
+
+    The weight layout is the documented one: qkv_proj's rows are W_Q (n_head heads), W_K and W_V (n_kv_head heads
+    each), every head head_dim consecutive rows; o_proj maps the concatenated heads back to d_model.
+    """
+    B, T, _ = x.shape
+    n_q = T if n_q is None else n_q
+    H, KV, hd = mha.n_head, mha.n_kv_head, mha.head_dim
+    W, b = mha.qkv_proj.weight.detach().double(), mha.qkv_proj.bias.detach().double()
+    y = x.double() @ W.T + b
+    q, k, v = (t.reshape(B, T, -1, hd).transpose(1, 2) for t in y.split([H * hd, KV * hd, KV * hd], dim=-1))
+    out, _ = reference_attention64(q[:, :, T - n_q:], k, v, allowed, bias)
+    out = out.transpose(1, 2).reshape(B, n_q, H * hd)
+    return out @ mha.o_proj.weight.detach().double().T + mha.o_proj.bias.detach().double()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n_kv,window,n_new", [(4, None, 6), (2, None, 6), (1, 3, 6), (2, 2, 1), (4, None, 2)])
-def test_backends_agree_with_bloomlib_math(backend, n_kv, window, n_new):
-    """Causal self-attention over a cache of 6 - n_new earlier positions (end-aligned when n_new < 6)."""
+def test_backends_match_float64_attention_over_a_kv_cache(backend, n_kv, window, n_new):
+    """Causal self-attention over a cache of 6 - n_new earlier positions (end-aligned when n_new < 6), and over
+    the whole sequence, against float64 attention written here."""
     torch.manual_seed(4)
-    ref = bloomlib.MultiHeadAttention(32, 4, n_kv, causal=True, sliding_window=window, backend="math").eval()
     mha = bloomlib.MultiHeadAttention(32, 4, n_kv, causal=True, sliding_window=window, backend=backend).eval()
-    mha.load_state_dict(ref.state_dict())
     x = torch.randn(2, 6, 32)
-    outs = []
-    for m in (ref, mha):
-        cache = bloomlib.KVCache(1, 6)
-        if n_new < 6:
-            m(x[:, :6 - n_new], kv_cache=cache)
-        outs.append(m(x[:, 6 - n_new:], kv_cache=cache)[0])
-    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-4)
-    # and the cached pass equals the last rows of a full pass
-    torch.testing.assert_close(outs[0], ref(x)[0][:, 6 - n_new:], atol=2e-5, rtol=1e-4)
+    cache = bloomlib.KVCache(1, 6)
+    if n_new < 6:
+        mha(x[:, :6 - n_new], kv_cache=cache)
+    cached = mha(x[:, 6 - n_new:], kv_cache=cache)[0]
+    expected = reference_mha64(mha, x, n_new, reference_allowed(n_new, 6, causal=True, window=window))
+    torch.testing.assert_close(cached.double(), expected, atol=2e-5, rtol=1e-4)
+    full = mha(x)[0]
+    expected_full = reference_mha64(mha, x, 6, reference_allowed(6, 6, causal=True, window=window))
+    torch.testing.assert_close(full.double(), expected_full, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
-def test_backends_agree_with_padding_and_bias(backend):
+def test_backends_match_float64_attention_with_padding_and_bias(backend):
     torch.manual_seed(5)
-    ref = bloomlib.MultiHeadAttention(16, 2, backend="math").eval()
     mha = bloomlib.MultiHeadAttention(16, 2, backend=backend).eval()
-    mha.load_state_dict(ref.state_dict())
     x = torch.randn(2, 5, 16)
     keep = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)[:, None, None, :]
     bias = bloomlib.alibi_bias(bloomlib.alibi_slopes(2), 5, 5)
-    torch.testing.assert_close(mha(x, mask=keep, bias=bias)[0], ref(x, mask=keep, bias=bias)[0],
-                               atol=1e-5, rtol=1e-5)
+    expected = reference_mha64(mha, x, allowed=keep, bias=bias)
+    assert not torch.allclose(reference_mha64(mha, x, allowed=keep), expected, atol=1e-3)  # the bias matters
+    assert not torch.allclose(reference_mha64(mha, x, bias=bias), expected, atol=1e-3)  # and so does the mask
+    torch.testing.assert_close(mha(x, mask=keep, bias=bias)[0].double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(_FLASH_SKIP is not None, reason=str(_FLASH_SKIP))
