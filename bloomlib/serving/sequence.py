@@ -54,11 +54,26 @@ class SafetyFilter:
         return "".join(out) + text[i:end]
 
 
+class ParamError(ValueError):
+    """A ValueError that names the parameter at fault (`param`) and, where OpenAI has one, an error `code`; the
+    server answers it with a 400 naming that request field."""
+
+    def __init__(self, param: str, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+def _is(value, *kinds: type) -> bool:
+    """isinstance, but a bool is not a number here."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 @dataclass
 class SamplingParams:
-    """temperature 0 is greedy; temperature, then top_k, then top_p (None turns a filter off).
+    """temperature 0 is greedy; temperature, then top_k, then top_p (None turns a filter off; top_p=1 is None).
     max_tokens: new tokens at most; stop: strings that end the output (not included in it);
-    seed: a per-request generator; ignore_eos: keep going past the tokenizer's <eos>."""
+    seed: a per-request generator; ignore_eos: keep going past the tokenizer's <eos>.
+    A bad value raises ParamError naming the field."""
 
     temperature: float = 1.0
     top_p: float | None = None
@@ -69,20 +84,47 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        check_sampling_args(self.temperature, self.top_k, self.top_p)
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
-            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        types = {"temperature": (_is(self.temperature, int, float), "a number"),
+                 "top_p": (self.top_p is None or _is(self.top_p, int, float), "a number or None"),
+                 "top_k": (self.top_k is None or _is(self.top_k, int), "an integer or None"),
+                 "max_tokens": (_is(self.max_tokens, int), "an integer"),
+                 "stop": (self.stop is None or isinstance(self.stop, (list, tuple))
+                          and all(isinstance(s, str) for s in self.stop), "a string or a list of strings"),
+                 "seed": (self.seed is None or _is(self.seed, int), "an integer or None"),
+                 "ignore_eos": (isinstance(self.ignore_eos, bool), "a bool")}
+        for name, (ok, kind) in types.items():
+            if not ok:
+                raise ParamError(name, f"{name} must be {kind}, got {getattr(self, name)!r}", "invalid_type")
+        for name in ("temperature", "top_k", "top_p"):  # ranges: the rule model.generate applies too
+            try:
+                check_sampling_args(**{name: getattr(self, name)})
+            except ValueError as e:
+                raise ParamError(name, str(e)) from None
+        if self.max_tokens <= 0:
+            raise ParamError("max_tokens", f"max_tokens must be positive, got {self.max_tokens}")
         self.stop = list(self.stop or [])
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not all(self.stop):
+            raise ParamError("stop", f"stop strings must be non-empty, got {self.stop!r}")
+        if self.top_p == 1:  # keeps every token; no filter also skips a sort and any float-rounding loss
+            self.top_p = None
+
+
+def check_prompt(prompt_ids: list[int], max_tokens: int, context: int, vocab_size: int) -> None:
+    """Raise ParamError unless the prompt is non-empty token ids in [0, vocab_size) that, with max_tokens new
+    tokens, fit a context window of `context` tokens (code "context_length_exceeded" when they do not)."""
+    if not prompt_ids:
+        raise ParamError("prompt", "the prompt is empty")
+    if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
+        raise ParamError("prompt", f"prompt token ids must be in [0, {vocab_size})")
+    n = len(prompt_ids)
+    if n > context:
+        raise ParamError("prompt", f"the prompt is {n} tokens, longer than the context window of {context} tokens",
+                         "context_length_exceeded")
+    if n + max_tokens > context:
+        raise ParamError("max_tokens", f"prompt ({n} tokens) + max_tokens ({max_tokens}) exceeds the context "
+                                       f"window of {context} tokens", "context_length_exceeded")
 
 
 class Status(Enum):
@@ -109,8 +151,7 @@ class RequestOutput:
 class Sequence:
     def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, tokenizer=None,
                  safety: SafetyFilter | None = None) -> None:
-        self.request_id, self.seq_id, self.params, self.tokenizer, self.safety = (request_id, request_id, params,
-                                                                                  tokenizer, safety)
+        self.request_id, self.params, self.tokenizer, self.safety = request_id, params, tokenizer, safety
         self.token_ids = list(prompt_ids)
         self.num_prompt_tokens = len(prompt_ids)
         self.block_table: list[int] = []
