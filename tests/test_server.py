@@ -15,7 +15,10 @@ openai = pytest.importorskip("openai")
 
 from bloomlib import GPT, GPTConfig  # noqa: E402
 from bloomlib.checkpoint import save_checkpoint  # noqa: E402
-from bloomlib.serving import LLM, SamplingParams  # noqa: E402
+from bloomlib.serving import LLM, RequestOutput, SamplingParams  # noqa: E402
+from bloomlib.serving.protocol import APIError, GenerationRequest  # noqa: E402
+from bloomlib.serving.sequence import ParamError  # noqa: E402
+from bloomlib.serving.server import AsyncEngine  # noqa: E402
 from bloomlib.tokenizer import ByteBPETokenizer  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. Attention is all you need; the cat sat on the mat. " * 4
@@ -153,6 +156,24 @@ def test_client_disconnect_cancels_request(server):
     ({"prompt": "the cat " * 100}, 400, "prompt"),
     ({"prompt": "x" * (MAX_BODY + 10)}, 413, None),
     ({"prompt": "hi", "stream": "yes"}, 400, "stream"),
+    ({"prompt": "hi", "stream_options": "yes", "stream": True}, 400, "stream_options"),
+    ({"prompt": "hi", "stream_options": {"include_usage": "yes"}, "stream": True}, 400,
+     "stream_options.include_usage"),
+    ({"prompt": "hi", "max_tokens": 1000, "stream": True}, 400, "max_tokens"),  # refused before streaming
+    ({"prompt": "hi", "max_tokens": True}, 400, "max_tokens"),
+    ({"prompt": "hi", "max_completion_tokens": "ten"}, 400, "max_completion_tokens"),
+    ({"prompt": "hi", "max_completion_tokens": 1000}, 400, "max_completion_tokens"),
+    ({"prompt": "hi", "top_p": "all"}, 400, "top_p"),
+    ({"prompt": "hi", "top_k": 1.5}, 400, "top_k"),
+    ({"prompt": "hi", "top_k": 0}, 400, "top_k"),
+    ({"prompt": "hi", "seed": "s"}, 400, "seed"),
+    ({"prompt": "hi", "stop": 5}, 400, "stop"),
+    ({"prompt": "hi", "stop": [""]}, 400, "stop"),
+    ({"prompt": "hi", "ignore_eos": "no"}, 400, "ignore_eos"),
+    ({"prompt": "hi", "n": 2}, 400, "n"),
+    ({"prompt": []}, 400, "prompt"),
+    ({"prompt": [1, 10**6]}, 400, "prompt"),
+    ({"prompt": [True]}, 400, "prompt"),
 ])
 def test_bad_requests_get_openai_shaped_4xx_and_server_keeps_serving(server, body, status, param):
     url = server["base"] + "/v1/completions"
@@ -173,3 +194,71 @@ def test_bad_chat_request_and_openai_client_errors(server, client):
         client.completions.create(model="nope", prompt="hi", max_tokens=2)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=server["name"], prompt="hi", max_tokens=2, temperature=-1)
+
+
+@pytest.mark.parametrize("path,body,param,code", [
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 1000}, "max_tokens", "context_length_exceeded"),
+    ("/v1/completions", {"prompt": "the cat " * 100}, "prompt", "context_length_exceeded"),
+    ("/v1/completions", {"prompt": 5}, "prompt", "invalid_type"),
+    ("/v1/completions", {"prompt": "hi", "temperature": "hot"}, "temperature", "invalid_type"),
+    ("/v1/completions", {}, "prompt", "missing_required_parameter"),
+    ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, "model", "model_not_found"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "the cat " * 100}]}, "messages",
+     "context_length_exceeded"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_p": 2}, "top_p", None),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": 1}, "stream",
+     "invalid_type"),
+])
+def test_error_param_and_code(server, path, body, param, code):
+    r = httpx.post(server["base"] + path, json=body)
+    assert r.status_code in (400, 404), r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"], err["type"]) == (param, code, "invalid_request_error")
+
+
+def test_sampling_params_errors_name_their_field():
+    for kwargs, param in [({"temperature": "hot"}, "temperature"), ({"temperature": -1}, "temperature"),
+                          ({"top_p": 0}, "top_p"), ({"top_k": True}, "top_k"), ({"max_tokens": 0}, "max_tokens"),
+                          ({"stop": [3]}, "stop"), ({"seed": 1.5}, "seed"), ({"ignore_eos": 1}, "ignore_eos")]:
+        with pytest.raises(ParamError) as e:
+            SamplingParams(**kwargs)
+        assert e.value.param == param and isinstance(e.value, ValueError)
+    assert SamplingParams(top_p=1).top_p is None and SamplingParams(stop="x").stop == ["x"]
+
+
+class FlakyEngine:
+    """Finishes every request in one step, except that its first step raises."""
+
+    def __init__(self):
+        self.pending, self.steps = {}, 0
+
+    def add_request(self, prompt_ids, params, request_id):
+        self.pending[request_id] = prompt_ids
+
+    def abort(self, request_id):
+        self.pending.pop(request_id, None)
+
+    def has_unfinished(self):
+        return bool(self.pending)
+
+    def step(self):
+        self.steps += 1
+        if self.steps == 1:
+            raise RuntimeError("boom")
+        outs = [RequestOutput(rid, [1], "x", True, "length", len(ids), 1, [1], "x")
+                for rid, ids in self.pending.items()]
+        self.pending.clear()
+        return outs
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving():
+    async def main():
+        core = AsyncEngine(FlakyEngine())
+        with pytest.raises(APIError) as e:
+            await core.add(GenerationRequest([1], SamplingParams(), "m")).get()
+        assert e.value.status == 500 and e.value.type == "server_error"
+        out = await core.add(GenerationRequest([1], SamplingParams(), "m")).get()
+        core.shutdown()
+        return out
+
+    assert asyncio.run(main()).finished

@@ -3,157 +3,176 @@
     bloomlib serve --checkpoint bloomlib/assets/course_model --port 8000
     curl localhost:8000/v1/completions -d '{"model": "course_model", "prompt": "The ", "max_tokens": 20}'
 
-One background thread owns the engine and steps it; HTTP handlers hand it requests through a queue and read
-their tokens back through per-request asyncio queues. A client that disconnects has its request cancelled.
-Endpoints: /v1/completions, /v1/chat/completions (both with "stream": true as server-sent events),
-/v1/models, /health, /metrics (Prometheus text).
+One background thread owns the engine and steps it; HTTP handlers send it typed commands (Add, Abort, Stop)
+through a queue and read their request's outputs back from a Stream. A client that disconnects has its request
+cancelled. Endpoints: /v1/completions, /v1/chat/completions (both with "stream": true as server-sent events),
+/v1/models, /health, /metrics (Prometheus text). What a request may contain is protocol.py's business.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import queue
 import threading
-import time
-import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from bloomlib.serving.config import EngineConfig
 from bloomlib.serving.engine import LLMEngine
+from bloomlib.serving.protocol import (DONE, APIError, GenerationRequest, ServedModel, models_response, parse_body,
+                                       parse_request, sse)
 from bloomlib.serving.sequence import RequestOutput, SafetyFilter, SamplingParams
 
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+class Stream:
+    """One request's outputs, put by the engine thread and awaited on the handler's event loop."""
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+    def __init__(self) -> None:
+        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
+
+    def put(self, item: RequestOutput | Exception) -> None:  # called from the engine thread
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    async def get(self) -> RequestOutput:
+        item = await self.queue.get()
+        if isinstance(item, Exception):
+            raise APIError.from_engine(item)
+        return item
+
+
+@dataclass
+class Add:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream: Stream
+
+
+@dataclass
+class Abort:
+    request_id: str
+
+
+class Stop:
+    pass
 
 
 class AsyncEngine:
-    """Runs LLMEngine.step() in one background thread; requests and cancellations arrive through a queue."""
+    """Runs LLMEngine in one background thread, the only one that touches it (or `streams`)."""
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
-        self.commands: queue.Queue = queue.Queue()
-        self.streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="bloomlib-engine", daemon=True)
+        self.commands: queue.Queue[Add | Abort | Stop] = queue.Queue()
+        self.streams: dict[str, Stream] = {}  # the requests in the engine
+        self.thread = threading.Thread(target=self._run, name="bloomlib-engine", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> tuple[str, asyncio.Queue]:
-        rid, q = uuid.uuid4().hex, asyncio.Queue()
-        self.streams[rid] = (asyncio.get_running_loop(), q)
-        self.commands.put(("add", rid, prompt_ids, params))
-        return rid, q
+    def add(self, req: GenerationRequest) -> Stream:
+        stream = Stream()
+        self.commands.put(Add(req.request_id, req.prompt_ids, req.params, stream))
+        return stream
 
-    def abort(self, rid: str) -> None:
-        self.commands.put(("abort", rid))
-
-    def _deliver(self, rid: str, item) -> None:
-        loop, q = self.streams.get(rid, (None, None))
-        if loop is not None:
-            loop.call_soon_threadsafe(q.put_nowait, item)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:  # block while idle, drain without blocking while busy
-                cmd = self.commands.get(timeout=None if not self.engine.has_unfinished() else 0)
-            except queue.Empty:
-                cmd = None
-            while cmd is not None:
-                if cmd[0] == "add":
-                    try:
-                        self.engine.add_request(cmd[2], cmd[3], request_id=cmd[1])
-                    except ValueError as e:
-                        self._deliver(cmd[1], e)
-                        self.streams.pop(cmd[1], None)
-                elif cmd[0] == "abort":
-                    self.engine.abort(cmd[1])
-                    self.streams.pop(cmd[1], None)
-                else:
-                    return
-                try:
-                    cmd = self.commands.get_nowait()
-                except queue.Empty:
-                    cmd = None
-            if self.engine.has_unfinished():
-                try:
-                    outputs = self.engine.step()
-                except Exception as e:  # keep serving: fail the running requests, not the server
-                    for rid in list(self.engine.seqs):
-                        self._deliver(rid, e)
-                        self.engine.abort(rid)
-                    continue
-                for out in outputs:
-                    self._deliver(out.request_id, out)
-                    if out.finished:
-                        self.streams.pop(out.request_id, None)
+    def abort(self, request_id: str) -> None:
+        """Cancel a request; harmless once it has finished."""
+        self.commands.put(Abort(request_id))
 
     def shutdown(self) -> None:
-        self._stop.set()
-        self.commands.put(("stop",))
+        self.commands.put(Stop())
+
+    def _run(self) -> None:
+        while True:
+            # block while idle; while busy, take what has arrived and step
+            commands = [] if self.engine.has_unfinished() else [self.commands.get()]
+            while not self.commands.empty():
+                commands.append(self.commands.get_nowait())
+            for cmd in commands:
+                match cmd:
+                    case Add():
+                        try:
+                            self.engine.add_request(cmd.prompt_ids, cmd.params, request_id=cmd.request_id)
+                            self.streams[cmd.request_id] = cmd.stream
+                        except Exception as e:
+                            cmd.stream.put(e)
+                    case Abort() if cmd.request_id in self.streams:
+                        self.engine.abort(cmd.request_id)
+                        del self.streams[cmd.request_id]
+                    case Stop():
+                        return
+            if self.engine.has_unfinished():
+                self._step()
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as e:  # keep serving: fail the running requests, not the server
+            for rid, stream in self.streams.items():
+                stream.put(e)
+                self.engine.abort(rid)
+            self.streams.clear()
+            return
+        for out in outputs:
+            if (stream := self.streams.get(out.request_id)) is not None:
+                stream.put(out)
+                if out.finished:
+                    del self.streams[out.request_id]
 
 
-def chat_prompt(messages: list[dict]) -> str:
-    """The course's minimal chat template: one "role: content" line per message, then "assistant:"."""
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+async def read_json(request: Request, max_bytes: int) -> dict:
+    """The body as a JSON object; 413 as soon as more than `max_bytes` arrive."""
+    raw = bytearray()
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > max_bytes:
+            raise APIError(413, f"request body is larger than {max_bytes} bytes", code="body_too_large")
+    return parse_body(raw)
 
 
-def _field(body: dict, name: str, kinds, default=None, allow_none: bool = True):
-    value = body.get(name, default)
-    if value is None and allow_none:
-        return default
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise APIError(400, f"'{name}' must be of type {names}, got {type(value).__name__}", name, "invalid_type")
-    return value
-
-
-def parse_params(body: dict, prompt_len: int, context: int) -> SamplingParams:
-    max_tokens = _field(body, "max_tokens", (int,), 16)
-    if "max_completion_tokens" in body:
-        max_tokens = _field(body, "max_completion_tokens", (int,), max_tokens)
-    temperature = _field(body, "temperature", (int, float), 1.0)
-    top_p = _field(body, "top_p", (int, float), 1.0)
-    top_k = _field(body, "top_k", (int,), None)
-    seed = _field(body, "seed", (int,), None)
-    stop = _field(body, "stop", (str, list), None)
-    n = _field(body, "n", (int,), 1)
-    ignore_eos = _field(body, "ignore_eos", (bool,), False)  # an extra field, as in vLLM
-    if n != 1:
-        raise APIError(400, f"only n=1 is supported, got {n}", "n")
-    if max_tokens <= 0:
-        raise APIError(400, f"'max_tokens' must be positive, got {max_tokens}", "max_tokens")
-    if prompt_len > context:
-        raise APIError(400, f"the prompt is {prompt_len} tokens, longer than the context window of {context} "
-                            "tokens", "prompt", "context_length_exceeded")
-    if prompt_len + max_tokens > context:
-        raise APIError(400, f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the context window "
-                            f"of {context} tokens", "max_tokens", "context_length_exceeded")
-    if temperature < 0:
-        raise APIError(400, f"'temperature' must be >= 0, got {temperature}", "temperature")
-    if not 0 < top_p <= 1:
-        raise APIError(400, f"'top_p' must be in (0, 1], got {top_p}", "top_p")
+async def complete(request: Request, core: AsyncEngine, req: GenerationRequest) -> dict | Response:
+    """A non-streamed answer: wait for the last output, checking twice a second that the client is still there."""
+    stream = core.add(req)
     try:
-        return SamplingParams(temperature=float(temperature), top_p=None if top_p == 1 else float(top_p),
-                              top_k=top_k, max_tokens=max_tokens, stop=stop, seed=seed,
-                              ignore_eos=ignore_eos)
-    except ValueError as e:
-        raise APIError(400, str(e)) from None
+        while True:
+            try:
+                out = await asyncio.wait_for(stream.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return Response(status_code=499)
+                continue
+            if out.finished:
+                return req.response(out)
+    finally:
+        core.abort(req.request_id)
+
+
+async def events(core: AsyncEngine, req: GenerationRequest) -> AsyncIterator[str]:
+    """A streamed answer: a chunk per output, the usage chunk if asked for, then DONE."""
+    stream = core.add(req)
+    try:
+        while True:
+            try:
+                out = await stream.get()
+            except APIError as e:  # too late for an HTTP status: the error is an event
+                yield sse(e.body())
+                break
+            yield sse(req.chunk(out))
+            if out.finished:
+                if req.include_usage:
+                    yield sse(req.usage_chunk(out))
+                break
+        yield DONE
+    finally:  # runs when the client disconnects, too
+        core.abort(req.request_id)
 
 
 def build_app(engine: LLMEngine, model_name: str, max_body_bytes: int = 1 << 20) -> FastAPI:
     """The FastAPI app serving `engine` under the name `model_name`."""
     core = AsyncEngine(engine)
+    model = ServedModel(model_name, engine.tokenizer, engine.context)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -162,146 +181,28 @@ def build_app(engine: LLMEngine, model_name: str, max_body_bytes: int = 1 << 20)
 
     app = FastAPI(title="bloomlib serve", lifespan=lifespan)
     app.state.engine = core
-    tok, context = engine.tokenizer, engine.context
-
-    async def read_body(request: Request) -> dict:
-        if int(request.headers.get("content-length") or 0) > max_body_bytes:
-            raise APIError(413, f"request body is larger than {max_body_bytes} bytes", code="body_too_large")
-        raw = await request.body()
-        if len(raw) > max_body_bytes:
-            raise APIError(413, f"request body is larger than {max_body_bytes} bytes", code="body_too_large")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "request body must be a JSON object", code="invalid_json")
-        model = body.get("model")
-        if model is not None and model != model_name:
-            raise APIError(404, f"the model '{model}' does not exist; this server serves '{model_name}'", "model",
-                           "model_not_found")
-        stream = _field(body, "stream", (bool,), False)
-        return body | {"stream": stream}
-
-    def encode_prompt(body: dict) -> list[int]:
-        if "prompt" not in body or body["prompt"] is None:
-            raise APIError(400, "'prompt' is required", "prompt", "missing_required_parameter")
-        prompt = body["prompt"]
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            ids = tok.encode(prompt)
-        elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            if any(not 0 <= t < engine.config.vocab_size for t in prompt):
-                raise APIError(400, f"prompt token ids must be in [0, {engine.config.vocab_size})", "prompt")
-            ids = prompt
-        else:
-            raise APIError(400, "'prompt' must be a string or a list of token ids", "prompt", "invalid_type")
-        if not ids:
-            raise APIError(400, "'prompt' is empty", "prompt")
-        return ids
-
-    async def run(request: Request, ids: list[int], params: SamplingParams, stream: bool, chat: bool):
-        rid, q = core.submit(ids, params)
-        cid = ("chatcmpl-" if chat else "cmpl-") + rid
-        created, obj = int(time.time()), "chat.completion" if chat else "text_completion"
-
-        def choice(text: str, reason: str | None, delta: bool) -> dict:
-            if not chat:
-                return {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
-            msg = {"role": "assistant", "content": text}
-            return {"index": 0, ("delta" if delta else "message"): msg, "finish_reason": reason, "logprobs": None}
-
-        def usage(out: RequestOutput) -> dict:
-            return {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                    "total_tokens": out.prompt_tokens + out.completion_tokens}
-
-        async def next_output() -> RequestOutput:
-            item = await q.get()
-            if isinstance(item, Exception):
-                raise APIError(400 if isinstance(item, ValueError) else 500, str(item),
-                               type_="invalid_request_error" if isinstance(item, ValueError) else "server_error")
-            return item
-
-        if not stream:
-            done = False
-            try:
-                while True:
-                    try:
-                        out = await asyncio.wait_for(next_output(), timeout=0.5)
-                    except asyncio.TimeoutError:
-                        if await request.is_disconnected():
-                            break
-                        continue
-                    if out.finished:
-                        done = True
-                        return {"id": cid, "object": obj, "created": created, "model": model_name,
-                                "choices": [choice(out.text, out.finish_reason, False)], "usage": usage(out)}
-            finally:
-                if not done:
-                    core.abort(rid)
-            return JSONResponse({}, status_code=499)
-
-        include_usage = isinstance(body_opts := request.state.body.get("stream_options"), dict) and \
-            bool(body_opts.get("include_usage"))
-
-        async def events():
-            done = False
-            try:
-                while True:
-                    try:
-                        out = await next_output()
-                    except APIError as e:
-                        yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type}})}\n\n"
-                        done = True
-                        break
-                    chunk = {"id": cid, "object": obj + ".chunk" if chat else obj, "created": created,
-                             "model": model_name, "choices": [choice(out.new_text, out.finish_reason, True)]}
-                    if include_usage:
-                        chunk["usage"] = None
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                    if out.finished:
-                        done = True
-                        if include_usage:
-                            last = {**chunk, "choices": [], "usage": usage(out)}
-                            yield f"data: {json.dumps(last)}\n\n"
-                        break
-                yield "data: [DONE]\n\n"
-            finally:  # runs when the client disconnects, too
-                if not done:
-                    core.abort(rid)
-
-        return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError):
-        return exc.response()
+    async def api_error(request: Request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    async def generate(request: Request, chat: bool):
+        req = parse_request(await read_json(request, max_body_bytes), model, chat)
+        if req.stream:
+            return StreamingResponse(events(core, req), media_type="text/event-stream")
+        return await complete(request, core, req)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = request.state.body = await read_body(request)
-        ids = encode_prompt(body)
-        params = parse_params(body, len(ids), context)
-        return await run(request, ids, params, body["stream"], chat=False)
+        return await generate(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = request.state.body = await read_body(request)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            raise APIError(400, "'messages' must be a non-empty list of {role: str, content: str}", "messages")
-        ids = tok.encode(chat_prompt(messages))
-        params = parse_params(body, len(ids), context)
-        if not params.stop:
-            params.stop = ["\nuser:"]
-        return await run(request, ids, params, body["stream"], chat=True)
+        return await generate(request, chat=True)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "bloomlib"}]}
+        return models_response(model_name)
 
     @app.get("/health")
     async def health():
@@ -310,8 +211,7 @@ def build_app(engine: LLMEngine, model_name: str, max_body_bytes: int = 1 << 20)
     @app.get("/metrics")
     async def metrics():
         m = engine.metrics()
-        lines = [f"bloomlib_{k} {float(v)}" for k, v in m.items()]
-        lines.append(f"bloomlib_queue_length {float(m['waiting'])}")
+        lines = [f"bloomlib_{k} {float(v)}" for k, v in m.items()] + [f"bloomlib_queue_length {float(m['waiting'])}"]
         return PlainTextResponse("\n".join(lines) + "\n")
 
     return app
@@ -325,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", default=None, help="name clients use (default: the folder's name)")
-    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-    p.add_argument("--num-blocks", type=int, default=None, help="KV blocks in the pool")
-    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together at most")
+    p.add_argument("--kv-block-size", type=int, default=EngineConfig.kv_block_size, help="tokens per KV block")
+    p.add_argument("--num-kv-blocks", type=int, default=None, help="KV blocks in the pool (default: room for "
+                                                                   "max-num-seqs full contexts)")
+    p.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
+                   help="sequences decoded together at most")
     p.add_argument("--blocklist", default=None,
                    help="comma-separated words the safety filter redacts ('' turns it off; default: a small list)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
@@ -337,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     from bloomlib.checkpoint import load_checkpoint
 
     try:
+        config = EngineConfig(kv_block_size=args.kv_block_size, num_kv_blocks=args.num_kv_blocks,
+                              max_num_seqs=args.max_num_seqs)
         ckpt = load_checkpoint(args.checkpoint)
     except ValueError as e:
         p.error(str(e))
@@ -344,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.checkpoint} has no tokenizer.json; the server needs one")
     safety = "default" if args.blocklist is None else (
         SafetyFilter([w.strip() for w in args.blocklist.split(",") if w.strip()]) if args.blocklist else None)
-    engine = LLMEngine(ckpt.model, ckpt.tokenizer, block_size=args.block_size, num_blocks=args.num_blocks,
-                       max_num_seqs=args.max_num_seqs, safety_filter=safety)
+    engine = LLMEngine(ckpt.model, ckpt.tokenizer, config, safety_filter=safety)
     name = args.model_name or Path(args.checkpoint).resolve().name
     app = build_app(engine, name, args.max_body_bytes)
     print(f"bloomlib serve: {name} on http://{args.host}:{args.port}", flush=True)
