@@ -109,6 +109,46 @@ def test_unknown_notebook_name_is_a_clear_error(tmp_path, capsys):
     assert "no source notebook for '99_nothing.ipynb'" in capsys.readouterr().err
 
 
+def _installed_without_checkout(tmp_path):
+    """The grading module as pip would install it: in site-packages, with no solutions/ or exercises/ near it."""
+    import importlib.util
+
+    path = tmp_path / "site-packages" / "bloomlib" / "course" / "grading.py"
+    path.parent.mkdir(parents=True)
+    path.write_text(Path(grading.__file__).read_text())
+    spec = importlib.util.spec_from_file_location("installed_grading", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_installed_without_a_checkout_says_to_pass_the_solutions_folder(tmp_path, capsys, source):
+    g = _installed_without_checkout(tmp_path)
+    assert g.SOLUTIONS_DIR == tmp_path / "site-packages" / "solutions" and not g.SOLUTIONS_DIR.exists()
+    nb = tmp_path / SOURCE.name
+    nbformat.write(nbformat.v4.new_notebook(), nb)
+    for call in (lambda: g.find_source(nb), lambda: g.grade_notebook(nb), lambda: g.release(),
+                 lambda: g.release(check=True)):
+        with pytest.raises(ValueError, match=r"no solutions folder at .*--solutions DIR.*solutions_dir="):
+            call()
+    assert g.main([str(nb)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bloomlib grade: no solutions folder at ") and "--solutions DIR" in err
+    assert g.main(["release", "--check"]) == 2
+    assert "--solutions DIR" in capsys.readouterr().err
+    # the folders passed explicitly work without a checkout
+    (tmp_path / "sol").mkdir()
+    nbformat.write(source, tmp_path / "sol" / SOURCE.name)
+    assert g.find_source(nb, solutions_dir=tmp_path / "sol") == tmp_path / "sol" / SOURCE.name
+    with pytest.raises(ValueError, match="--exercises DIR"):
+        g.release(tmp_path / "sol", check=True)
+    assert g.release(tmp_path / "sol", tmp_path / "ex", check=True) == [tmp_path / "ex" / SOURCE.name]
+    assert g.main(["release", "--check", "--solutions", str(tmp_path / "sol"), "--exercises",
+                   str(tmp_path / "ex")]) == 1
+    with pytest.raises(ValueError, match="does not exist"):
+        g.find_source(nb, solutions_dir=tmp_path / "missing")
+
+
 # ---------------------------------------------------------------------------------------------- grading
 def _cut(nb, keep: set[str]):
     nb = copy.deepcopy(nb)

@@ -1,7 +1,8 @@
 """Exercise pipeline: release exercises from nbgrader source notebooks, and grade a submission.
 
     bloomlib grade exercises/03_apply.ipynb [--json] [--timeout S] [--solutions DIR]
-    python -m bloomlib.course.grading release [--check]     # solutions/NN_*.ipynb -> exercises/NN_*.ipynb
+    python -m bloomlib.course.grading release [--check] [--solutions DIR] [--exercises DIR]
+                                              # solutions/NN_*.ipynb -> exercises/NN_*.ipynb
 
 Grading uses nbgrader's own rules (``nbgrader.utils.determine_grade``) without a course or database:
 every locked and test cell of the submission is restored from the source notebook in solutions/
@@ -9,6 +10,10 @@ every locked and test cell of the submission is restored from the source noteboo
 nbgrader metadata; deleted ones are put back), the notebook runs in a fresh kernel cell by cell, and a
 crash or timeout in one cell restarts the kernel, replays the cells that ran before, and goes on.
 Feedback is the failing assertion's message only, never test source.
+
+Every entry point takes its folders explicitly (``solutions_dir=`` / ``--solutions DIR``, ``exercises_dir=`` /
+``--exercises DIR``); the defaults are the checkout's solutions/ and exercises/, found next to this package.
+bloomlib installed without the checkout has none: the grader then says to pass the folder.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import nbformat
 from nbformat import NotebookNode
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: bloomlib/course/grading.py -> repository root
-SOLUTIONS_DIR = REPO / "solutions"
+SOLUTIONS_DIR = REPO / "solutions"  # the defaults, used only when they exist (see solutions_folder)
 EXERCISES_DIR = REPO / "exercises"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -45,6 +50,33 @@ def _is_protected(cell: NotebookNode) -> bool:
     """Cells the learner may not change: tests and read-only cells (not answers)."""
     m = _meta(cell)
     return bool(m.get("grade_id")) and (m.get("locked") or m.get("grade")) and not m.get("solution")
+
+
+# ---------------------------------------------------------------------------------------------- folders
+def solutions_folder(solutions_dir: str | Path | None = None) -> Path:
+    """The folder of nbgrader source notebooks: ``solutions_dir``, or the checkout's solutions/ when None.
+    Raises ValueError when that folder does not exist (bloomlib installed without the course checkout)."""
+    if solutions_dir is not None:
+        folder = Path(solutions_dir)
+        if not folder.is_dir():
+            raise ValueError(f"solutions folder {folder} does not exist (or is not a folder)")
+        return folder
+    if not SOLUTIONS_DIR.is_dir():
+        raise ValueError(f"no solutions folder at {SOLUTIONS_DIR}: bloomlib finds the course's solutions/ only "
+                         "when it runs from the course checkout. Pass the folder of source notebooks: "
+                         "--solutions DIR on the command line, solutions_dir= in Python")
+    return SOLUTIONS_DIR
+
+
+def exercises_folder(exercises_dir: str | Path | None = None) -> Path:
+    """Where released exercises go: ``exercises_dir``, or the checkout's exercises/ when None (only in a checkout,
+    that is when its solutions/ exists; otherwise a ValueError that says to pass the folder)."""
+    if exercises_dir is not None:
+        return Path(exercises_dir)
+    if not SOLUTIONS_DIR.is_dir():
+        raise ValueError(f"no course checkout around {REPO} to write exercises/ into: pass the folder, "
+                         "--exercises DIR on the command line, exercises_dir= in Python")
+    return EXERCISES_DIR
 
 
 # ---------------------------------------------------------------------------------------------- release
@@ -69,14 +101,16 @@ def normalize(nb: NotebookNode) -> list[tuple]:
     return [(c.cell_type, c.source.strip(), json.dumps(_meta(c), sort_keys=True)) for c in nb.cells]
 
 
-def release(solutions_dir: Path = SOLUTIONS_DIR, exercises_dir: Path = EXERCISES_DIR,
+def release(solutions_dir: str | Path | None = None, exercises_dir: str | Path | None = None,
             check: bool = False) -> list[Path]:
     """Write exercises_dir/NN_name.ipynb for every solutions_dir/NN_name.ipynb; return those written.
-    With ``check``, write nothing and return the exercises missing or out of date (normalized compare)."""
+    With ``check``, write nothing and return the exercises missing or out of date (normalized compare).
+    The folders default to the checkout's solutions/ and exercises/ (see solutions_folder)."""
+    solutions_dir, exercises_dir = solutions_folder(solutions_dir), exercises_folder(exercises_dir)
     stale = []
-    for src in sorted(Path(solutions_dir).glob(NOTEBOOK_GLOB)):
+    for src in sorted(solutions_dir.glob(NOTEBOOK_GLOB)):
         out = release_notebook(nbformat.read(src, as_version=4))
-        dst = Path(exercises_dir) / src.name
+        dst = exercises_dir / src.name
         if check:
             if not dst.exists() or normalize(nbformat.read(dst, as_version=4)) != normalize(out):
                 stale.append(dst)
@@ -240,28 +274,32 @@ def score(executed: NotebookNode, source: NotebookNode, name: str) -> dict:
             "max_score": sum(q["max_score"] for q in questions), "questions": questions}
 
 
-def find_source(submission: Path, solutions_dir: Path = SOLUTIONS_DIR) -> Path:
-    """solutions_dir/NN_name.ipynb for a submission named NN_name.ipynb."""
-    src = Path(solutions_dir) / Path(submission).name
+def find_source(submission: str | Path, solutions_dir: str | Path | None = None) -> Path:
+    """solutions_dir/NN_name.ipynb for a submission named NN_name.ipynb (solutions_dir: see solutions_folder)."""
+    solutions_dir = solutions_folder(solutions_dir)
+    src = solutions_dir / Path(submission).name
     if not re.fullmatch(r"\d\d_\w+\.ipynb", src.name) or not src.exists():
-        known = ", ".join(p.name for p in sorted(Path(solutions_dir).glob(NOTEBOOK_GLOB))) or "none"
+        known = ", ".join(p.name for p in sorted(solutions_dir.glob(NOTEBOOK_GLOB))) or "none"
         raise ValueError(f"no source notebook for {Path(submission).name!r} in {solutions_dir} "
                          f"(the submission must keep its file name; known: {known})")
     return src
 
 
 def grade_notebook(submission: str | Path | NotebookNode, source: str | Path | NotebookNode | None = None,
-                   solutions_dir: str | Path = SOLUTIONS_DIR, timeout: float = 60.0,
+                   solutions_dir: str | Path | None = None, timeout: float = 60.0,
                    name: str | None = None) -> dict:
-    """Grade one submission: a path (its source is found by file name in ``solutions_dir``), or a
-    notebook given with ``name`` or an explicit ``source`` (path or notebook)."""
+    """Grade one submission: a path (its source is found by file name in ``solutions_dir``, by default the
+    checkout's solutions/), or a notebook given with ``name`` or an explicit ``source`` (path or notebook)."""
     cwd = None
     if isinstance(submission, (str, Path)):
         path = Path(submission)
         name, cwd = name or path.name, path.resolve().parent
         submission = nbformat.read(path, as_version=4)
     if source is None:
-        source = find_source(Path(name), Path(solutions_dir))
+        if name is None:
+            raise ValueError("grade_notebook: a notebook given as a NotebookNode needs `name` (its file name, "
+                             "to find its source in solutions_dir) or an explicit `source`")
+        source = find_source(Path(name), solutions_dir)
     src = source if isinstance(source, NotebookNode) else nbformat.read(source, as_version=4)
     name = name or (Path(source).name if not isinstance(source, NotebookNode) else "notebook.ipynb")
     executed = execute(assemble(submission, src), timeout=timeout, cwd=cwd)
@@ -281,11 +319,17 @@ def _table(result: dict) -> str:
 def release_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bloomlib.course.grading release",
                                 description="Regenerate exercises/ from the nbgrader sources in solutions/.")
-    p.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR)
-    p.add_argument("--exercises", type=Path, default=EXERCISES_DIR)
+    p.add_argument("--solutions", type=Path, default=None,
+                   help="folder of nbgrader source notebooks (default: the checkout's solutions/)")
+    p.add_argument("--exercises", type=Path, default=None,
+                   help="folder to write the exercises to (default: the checkout's exercises/)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if an exercise is out of date")
     args = p.parse_args(argv)
-    stale = release(args.solutions, args.exercises, check=args.check)
+    try:
+        stale = release(args.solutions, args.exercises, check=args.check)
+    except ValueError as e:
+        print(f"{p.prog}: {e}", file=sys.stderr)
+        return 2
     for path in stale:
         print(f"{'out of date' if args.check else 'wrote'}: {path}")
     return 1 if args.check and stale else 0
@@ -300,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("notebook", type=Path, help="a submission named like its source, e.g. 03_apply.ipynb")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds each cell may run (default 60)")
-    p.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of source notebooks")
+    p.add_argument("--solutions", type=Path, default=None,
+                   help="folder of source notebooks (default: the checkout's solutions/)")
     args = p.parse_args(argv)
     if not args.notebook.exists():
         print(f"bloomlib grade: no such notebook: {args.notebook}", file=sys.stderr)
