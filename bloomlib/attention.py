@@ -320,7 +320,9 @@ class MultiHeadAttention(nn.Module):
         Who may see whom is bloomlib.masks' rule with this module's causal flag and window: queries aligned to
         the end of the keys, or at `layout`'s positions (keys gathered from a paged cache).
         """
-        causal, window = self.causal, self.sliding_window
+        causal, window, n_q, n_k = self.causal, self.sliding_window, q.shape[2], k.shape[2]
+        if mask is not None:  # a caller's mask (padding): checked once here, a boolean from now on
+            mask = _as_bool_mask(mask.to(q.device), torch.Size((q.shape[0], self.n_head, n_q, n_k)))
         if layout is not None:
             allowed = layout.visible(causal, window)
             mask = allowed if mask is None else allowed & mask
@@ -328,7 +330,7 @@ class MultiHeadAttention(nn.Module):
             if alibi is not None:
                 bias = layout.alibi_bias(alibi) if bias is None else bias + layout.alibi_bias(alibi)
         elif alibi is not None:
-            b = alibi_bias(alibi, q.shape[2], k.shape[2]).to(q.dtype)
+            b = alibi_bias(alibi, n_q, n_k).to(q.dtype)
             bias = b if bias is None else bias + b
         return self._attend(q, k, v, mask, bias, causal, window, need_weights)
 
@@ -353,8 +355,7 @@ class MultiHeadAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal and n_q > 1), None
         allowed = build_attention_mask(n_q, n_k, causal=causal, window=window, device=q.device)
         if mask is not None:
-            m = _as_bool_mask(mask.to(q.device), torch.Size((q.shape[0], self.n_head, n_q, n_k)))
-            allowed = m if allowed is None else m & allowed
+            allowed = mask if allowed is None else mask & allowed
         attn_mask = allowed
         if bias is not None:
             attn_mask = bias.to(q.dtype) if allowed is None else bias.to(q.dtype).masked_fill(~allowed, float("-inf"))

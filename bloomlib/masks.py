@@ -24,14 +24,12 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, *, causal: bool = False, w
     if window is not None and window <= 0:
         raise ValueError(f"window must be a positive integer, got {window}")
     q, k = q_pos[..., :, None], k_pos[..., None, :]
-    ok = torch.ones(torch.broadcast_shapes(q.shape, k.shape), dtype=torch.bool, device=q_pos.device)
-    if causal or window is not None:
-        ok &= k <= q
+    ok = (k <= q) if causal or window is not None else (q == q) & (k == k)  # (..., n_q, n_k)
     if window is not None:
         ok &= k > q - window
     if context_len is not None:
         c = torch.as_tensor(context_len, device=q_pos.device)
-        ok &= k < (c[..., None, None] if c.dim() else c)
+        ok = ok & (k < (c[..., None, None] if c.dim() else c))
     return ok
 
 

@@ -2,7 +2,10 @@
 
   throughput:   output tokens/s for the same mixed-length requests (greedy, EOS ignored) served
                 one at a time, in static batches (a batch is admitted only when the previous one has
-                finished), and with continuous batching, at 1, 8 and 32 concurrent requests.
+                finished), and with continuous batching, at 8 and 32 concurrent requests.
+  vs_transformers: with the `hf` extra, the same weights in transformers' GPT2LMHeadModel generating one
+                padded static batch, against the engine given the same requests at once: useful tokens/s
+                and how many requests got identical greedy tokens.
   kv_memory:    during the continuous run, tokens held in the KV cache divided by the slots reserved:
                 paged (whole blocks) vs contiguous preallocation (a full context per running request).
   speculative:  draft-and-verify with the course draft model: acceptance rate, target passes per
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 import time
 
 import torch
@@ -52,19 +56,24 @@ def make_requests(n: int, vocab: int, context: int, seed: int = 0) -> list[tuple
     return reqs
 
 
-def run_engine(model, reqs, concurrency: int, static: bool, block_size: int, kv_stats: dict | None = None):
-    """Serve every request; returns output tokens/s. static: admit a new batch only once the last one ended."""
+def run_engine(model, reqs, concurrency: int, static: bool, block_size: int, kv_stats: dict | None = None
+               ) -> tuple[float, list[list[int]]]:
+    """Serve every request; returns (output tokens/s, each request's tokens). static: admit a new batch only
+    once the last one has ended."""
     engine = LLMEngine(model, config=EngineConfig(kv_block_size=block_size, max_num_seqs=concurrency),
                        safety_filter=None)
-    todo, produced = list(reqs), 0
+    todo, produced, outputs, ids = list(reqs), 0, {}, []
     samples = []
     t0 = time.perf_counter()
     while todo or engine.has_unfinished():
         if todo and (not static or not engine.has_unfinished()):
             batch, todo = (todo[:concurrency], todo[concurrency:]) if static else (todo, [])
-            for p, n in batch:
-                engine.add_request(p, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
-        produced += len(engine.step())
+            ids += [engine.add_request(p, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
+                    for p, n in batch]
+        for out in engine.step():
+            produced += 1
+            if out.finished:
+                outputs[out.request_id] = out.token_ids
         if kv_stats is not None and engine.scheduler.running:
             live = sum(len(s) for s in engine.scheduler.running)
             samples.append((live, engine.bm.num_used * block_size, len(engine.scheduler.running) * engine.context))
@@ -73,19 +82,56 @@ def run_engine(model, reqs, concurrency: int, static: bool, block_size: int, kv_
         live, paged, contiguous = (sum(x) for x in zip(*samples))
         kv_stats.update(paged_utilization=live / paged, contiguous_utilization=live / contiguous,
                         block_size=block_size, bytes_per_token=engine.runner.kv_bytes_per_token)
-    return produced / elapsed
+    return produced / elapsed, [outputs[i] for i in ids]
+
+
+def run_transformers(model, reqs) -> tuple[float, list[list[int]]] | None:
+    """The peer a user would pick: the same weights in transformers' GPT2LMHeadModel (export_gpt2), all requests
+    in one left-padded batch, greedy `generate` up to the longest request. Returns (useful tokens/s, each
+    request's first max_tokens tokens), or None without the `hf` extra."""
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        return None
+    from bloomlib.interop import export_gpt2
+
+    with tempfile.TemporaryDirectory() as folder:
+        export_gpt2(model, folder)
+        hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    width = max(len(p) for p, _ in reqs)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p, _ in reqs])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in reqs])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=max(n for _, n in reqs), do_sample=False,
+                          eos_token_id=None, pad_token_id=0)
+    elapsed = time.perf_counter() - t0
+    tokens = [row[width:width + n].tolist() for row, (_, n) in zip(out, reqs)]
+    return sum(n for _, n in reqs) / elapsed, tokens
 
 
 def bench_throughput(model, n_requests: int, block_size: int) -> tuple[dict, dict]:
     reqs = make_requests(n_requests, model.config.vocab_size, model.config.block_size)
     out, kv = {"requests": n_requests, "output_tokens": sum(n for _, n in reqs)}, {}
-    out["one_at_a_time_tok_s"] = run_engine(model, reqs, 1, False, block_size)
-    for c in (1, 8, 32):
-        out[f"static_{c}_tok_s"] = run_engine(model, reqs, c, True, block_size)
-        out[f"continuous_{c}_tok_s"] = run_engine(model, reqs, c, False, block_size, kv if c == 32 else None)
+    out["one_at_a_time_tok_s"], _ = run_engine(model, reqs, 1, False, block_size)
+    for c in (8, 32):
+        out[f"static_{c}_tok_s"], _ = run_engine(model, reqs, c, True, block_size)
+        out[f"continuous_{c}_tok_s"], _ = run_engine(model, reqs, c, False, block_size, kv if c == 32 else None)
     out["continuous_32_vs_one_at_a_time"] = out["continuous_32_tok_s"] / out["one_at_a_time_tok_s"]
     out["continuous_32_vs_static_32"] = out["continuous_32_tok_s"] / out["static_32_tok_s"]
     return out, kv
+
+
+def bench_vs_transformers(model, n_requests: int, block_size: int) -> dict | None:
+    """The engine (continuous batching, all requests at once) against transformers' static batch, same requests."""
+    reqs = make_requests(n_requests, model.config.vocab_size, model.config.block_size, seed=2)
+    hf = run_transformers(model, reqs)
+    if hf is None:
+        return None
+    ours = run_engine(model, reqs, n_requests, False, block_size)
+    return {"requests": n_requests, "output_tokens": sum(n for _, n in reqs), "engine_tok_s": ours[0],
+            "transformers_static_batch_tok_s": hf[0], "engine_vs_transformers": ours[0] / hf[0],
+            "identical_greedy_requests": sum(a == b for a, b in zip(ours[1], hf[1]))}
 
 
 def bench_speculative(target, draft, tok, n: int, k: int, max_tokens: int) -> dict:
@@ -159,7 +205,8 @@ def bench_quantization(model, tok, group_size: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bloomlib bench serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--requests", type=int, default=64, help="requests per throughput run")
+    p.add_argument("--requests", type=int, default=256, help="requests per throughput run")
+    p.add_argument("--hf-requests", type=int, default=32, help="requests in the comparison with transformers")
     p.add_argument("--block-size", type=int, default=8, help="KV block size (tokens)")
     p.add_argument("--spec-requests", type=int, default=8)
     p.add_argument("--spec-k", type=int, default=4)
@@ -169,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     target, draft, tok, source = load_models()
     report = {"models": source, "threads": torch.get_num_threads()}
     report["throughput"], report["kv_memory"] = bench_throughput(target, args.requests, args.block_size)
+    report["vs_transformers"] = bench_vs_transformers(target, args.hf_requests, args.block_size)
     report["speculative"] = bench_speculative(target, draft, tok, args.spec_requests, args.spec_k,
                                               args.spec_max_tokens)
     report["quantization"] = bench_quantization(target, tok, args.group_size)
@@ -179,9 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     th = report["throughput"]
     print(f"throughput ({th['requests']} requests, {th['output_tokens']} output tokens), tokens/s:")
     print(f"  one at a time      {th['one_at_a_time_tok_s']:8.1f}")
-    for c in (1, 8, 32):
+    for c in (8, 32):
         print(f"  static {c:2d} / continuous {c:2d}  {th[f'static_{c}_tok_s']:8.1f} / {th[f'continuous_{c}_tok_s']:8.1f}")
-    print(f"  continuous 32 vs one at a time: {th['continuous_32_vs_one_at_a_time']:.2f}x")
+    print(f"  continuous 32 vs one at a time: {th['continuous_32_vs_one_at_a_time']:.2f}x, "
+          f"vs static 32: {th['continuous_32_vs_static_32']:.2f}x")
+    hf = report["vs_transformers"]
+    if hf is None:
+        print("transformers comparison skipped: install the hf extra (pip install -e '.[hf]')")
+    else:
+        print(f"{hf['requests']} requests at once: engine {hf['engine_tok_s']:.1f} tokens/s, transformers' static batch "
+              f"{hf['transformers_static_batch_tok_s']:.1f} ({hf['engine_vs_transformers']:.2f}x), identical greedy "
+              f"tokens in {hf['identical_greedy_requests']}/{hf['requests']}")
     kv = report["kv_memory"]
     print(f"KV memory held by live tokens (block size {kv['block_size']}): paged {kv['paged_utilization']:.1%}, "
           f"contiguous preallocation {kv['contiguous_utilization']:.1%}")

@@ -114,9 +114,11 @@ class LLMEngine:
         logits = self.runner.forward([s.token_ids[s.num_computed:] for s in seqs], [s.num_computed for s in seqs],
                                      [s.block_table for s in seqs])
         outputs = []
+        page = self.bm.block_size
         for seq, tok in zip(seqs, sample(logits, seqs)):
+            if len(seq) // page > seq.num_computed // page:  # this step filled a page: it can serve as a prefix
+                self.bm.register_full_blocks(seq, len(seq))
             seq.num_computed = len(seq)
-            self.bm.register_full_blocks(seq, len(seq))
             seq.append_token(tok, self.eos_id)
             new_text = seq.take_text()
             if seq.is_finished:

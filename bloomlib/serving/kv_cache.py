@@ -16,6 +16,7 @@ not pad every decode query to its length.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -25,12 +26,15 @@ from bloomlib.attention import AttentionLayout
 
 @dataclass
 class _Group:
-    """Some sequences of a step, padded to T queries: `index` (b, T) into the packed tokens, `valid` (b, T)."""
+    """Some sequences of a step, their queries padded to T each."""
 
-    index: torch.Tensor
-    valid: torch.Tensor
-    tables: torch.Tensor   # (b, max_pages) page ids (padding entries are never visible)
+    shape: tuple[int, int]      # (b, T)
+    queries: torch.Tensor       # (b * T,) index of each padded query among the packed tokens
+    kept: torch.Tensor          # (n,) the real queries among the b * T ...
+    packed: torch.Tensor        # (n,) ... and where each sits among the packed tokens
+    pages: torch.Tensor         # (b * max_pages,) page ids, row by row (padding entries are never visible)
     layout: AttentionLayout
+    everything: bool            # the group is every packed token, one per sequence, in order (all decoding)
 
 
 class PagedKVCache:
@@ -69,15 +73,15 @@ class PagedKVCache:
     def _group(self, rows, starts, lens, offsets, block_tables) -> _Group:
         dev, T = self.k_pages.device, max(lens[i] for i in rows)
         width = max(-(-(starts[i] + lens[i]) // self.page_size) for i in rows)  # pages the longest one reads
-        index = [[offsets[i] + min(t, lens[i] - 1) for t in range(T)] for i in rows]  # padding repeats the last
+        queries = [offsets[i] + min(t, lens[i] - 1) for i in rows for t in range(T)]  # padding repeats the last
+        kept = [j * T + t for j, i in enumerate(rows) for t in range(lens[i])]
         q_pos = [[starts[i] + min(t, lens[i] - 1) for t in range(T)] for i in rows]
-        valid = [[t < lens[i] for t in range(T)] for i in rows]
-        tables = [(block_tables[i] + [0] * width)[:width] for i in rows]
-        context = [starts[i] + lens[i] for i in rows]
+        pages = [p for i in rows for p in (block_tables[i] + [0] * width)[:width]]
         layout = AttentionLayout(torch.tensor(q_pos, device=dev), torch.arange(width * self.page_size, device=dev),
-                                 torch.tensor(context, device=dev))
-        return _Group(torch.tensor(index, device=dev), torch.tensor(valid, device=dev),
-                      torch.tensor(tables, device=dev), layout)
+                                 torch.tensor([starts[i] + lens[i] for i in rows], device=dev))
+        tensor = functools.partial(torch.tensor, dtype=torch.long, device=dev)
+        return _Group((len(rows), T), tensor(queries), tensor(kept), tensor([queries[j] for j in kept]),
+                      tensor(pages), layout, everything=T == 1 and len(rows) == offsets[-1])
 
     def _prepared(self):
         if self._step is None:
@@ -97,12 +101,21 @@ class PagedKVCache:
         n_pages, ps, n_kv, D = k_pages.shape
         k_pages.view(n_pages * ps, n_kv, D).index_copy_(0, slots, k[0].transpose(0, 1).to(k_pages.dtype))
         v_pages.view(n_pages * ps, n_kv, D).index_copy_(0, slots, v[0].transpose(0, 1).to(v_pages.dtype))
+        if len(groups) == 1 and groups[0].everything:  # every sequence decodes: no query gather, no scatter
+            return self._attend_group(groups[0], q[0].transpose(0, 1)[:, :, None], k_pages, v_pages, attend
+                                      ).squeeze(2).transpose(0, 1)[None], None
         out = torch.empty_like(q[0])                                               # (H, N, D)
         for g in groups:
-            b, T = g.index.shape
-            qg = q[0][:, g.index.flatten()].view(-1, b, T, D).transpose(0, 1)       # (b, H, T, D)
-            kg = k_pages[g.tables].flatten(1, 2).transpose(1, 2)                    # (b, H_kv, pages * ps, D)
-            vg = v_pages[g.tables].flatten(1, 2).transpose(1, 2)
-            og, _ = attend(qg, kg.to(q.dtype), vg.to(q.dtype), layout=g.layout)     # (b, H, T, D)
-            out[:, g.index[g.valid]] = og.transpose(0, 1)[:, g.valid]
+            b, T = g.shape
+            qg = q[0].index_select(1, g.queries).view(-1, b, T, D).transpose(0, 1)  # (b, H, T, D)
+            og = self._attend_group(g, qg, k_pages, v_pages, attend)                # (b, H, T, D)
+            out.index_copy_(1, g.packed, og.transpose(0, 1).reshape(-1, b * T, D).index_select(1, g.kept))
         return out[None], None
+
+    @staticmethod
+    def _attend_group(g: _Group, qg, k_pages, v_pages, attend) -> torch.Tensor:
+        """qg (b, H, T, D) over the keys in the group's pages -> (b, H, T, D)."""
+        b = g.shape[0]
+        kg = k_pages.index_select(0, g.pages).view(b, -1, *k_pages.shape[2:]).transpose(1, 2)  # (b, H_kv, n_k, D)
+        vg = v_pages.index_select(0, g.pages).view(b, -1, *v_pages.shape[2:]).transpose(1, 2)
+        return attend(qg, kg.to(qg.dtype), vg.to(qg.dtype), layout=g.layout)[0]
