@@ -332,9 +332,10 @@ class MultiHeadAttention(nn.Module):
         elif alibi is not None:
             b = alibi_bias(alibi, n_q, n_k).to(q.dtype)
             bias = b if bias is None else bias + b
-        return self._attend(q, k, v, mask, bias, causal, window, need_weights)
+        # a layout's queries each see at least their own key, so no row needs zeroing afterwards
+        return self._attend(q, k, v, mask, bias, causal, window, need_weights, empty_rows=layout is None)
 
-    def _attend(self, q, k, v, mask, bias, causal, window, need_weights):
+    def _attend(self, q, k, v, mask, bias, causal, window, need_weights, empty_rows=True):
         n_q, n_k = q.shape[2], k.shape[2]
         dropout = self.dropout if self.training else 0.0
         if need_weights or self.backend == "math":
@@ -360,7 +361,7 @@ class MultiHeadAttention(nn.Module):
         if bias is not None:
             attn_mask = bias.to(q.dtype) if allowed is None else bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        if allowed is not None:  # zero the rows with nothing to attend to (torch gives NaN there)
+        if allowed is not None and empty_rows:  # zero the rows with nothing to attend to (torch gives NaN there)
             out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
         return out, None
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from bloomlib.serving.block_manager import BlockManager
 from bloomlib.serving.config import EngineConfig
 from bloomlib.serving.model_runner import ModelRunner
 from bloomlib.serving.scheduler import Scheduler
-from bloomlib.serving.sequence import RequestOutput, SafetyFilter, SamplingParams, Sequence
+from bloomlib.serving.sequence import RequestOutput, SafetyFilter, SamplingParams, Sequence, check_prompt
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
@@ -62,7 +63,7 @@ class LLMEngine:
         self.seqs: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self.generated_tokens = 0
-        self._recent: list[tuple[float, int]] = []  # (time, tokens) of recent steps, for tokens/s
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last 10 s of steps, for tokens/s
 
     def encode(self, prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -79,14 +80,7 @@ class LLMEngine:
     def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
         params = params or SamplingParams()
         ids = self.encode(prompt)
-        if not ids:
-            raise ValueError("prompt is empty")
-        V = self.config.vocab_size
-        if min(ids) < 0 or max(ids) >= V:
-            raise ValueError(f"prompt token ids must be in [0, {V})")
-        if len(ids) + params.max_tokens > self.context:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
-                             f"window of {self.context} tokens")
+        check_prompt(ids, params.max_tokens, self.context, self.config.vocab_size)
         if self.bm.blocks_needed(len(ids) + params.max_tokens) > self.bm.num_blocks:
             raise ValueError(f"request needs more KV blocks than the pool has ({self.bm.num_blocks})")
         request_id = str(next(self._ids)) if request_id is None else request_id
@@ -124,17 +118,19 @@ class LLMEngine:
             if seq.is_finished:
                 self.scheduler.finish(seq)
                 self.seqs.pop(seq.request_id, None)
+            done = seq.completion_ids
             outputs.append(RequestOutput(seq.request_id, [tok], new_text, seq.is_finished, seq.finish_reason,
-                                         seq.num_prompt_tokens, len(seq.completion_ids), seq.completion_ids,
-                                         seq.text))
+                                         seq.num_prompt_tokens, len(done), done, seq.text))
         now = time.perf_counter()
         self.generated_tokens += len(seqs)
-        self._recent = [(t, n) for t, n in self._recent if now - t < 10.0] + [(now, len(seqs))]
+        self._recent.append((now, len(seqs)))
+        while now - self._recent[0][0] > 10.0:
+            self._recent.popleft()
         return outputs
 
     def metrics(self) -> dict:
         span = time.perf_counter() - self._recent[0][0] if len(self._recent) > 1 else 0.0
-        recent = sum(n for _, n in self._recent[1:])
+        recent = sum(n for _, n in self._recent) - (self._recent[0][1] if self._recent else 0)
         return {"waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
                 "kv_blocks_total": self.bm.num_blocks, "kv_blocks_used": self.bm.num_used,
                 "kv_blocks_free": self.bm.num_free, "kv_blocks_cached": self.bm.num_cached,
