@@ -5,7 +5,17 @@ also applies when pytest is pointed at a single notebook.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Every session starts from an empty Triton cache (kernels compile from scratch), so that a kernel that only
+# builds from a warm cache cannot pass here. Set at conftest import, before any test imports triton; the
+# processes the tests start inherit it. The directory goes when the session ends.
+_TRITON_CACHE = tempfile.TemporaryDirectory(prefix="triton-cache-")
+os.environ["TRITON_CACHE_DIR"] = _TRITON_CACHE.name
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
