@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bloomlib.kernels import flash_attention, triton_status
+from bloomlib.masks import build_attention_mask
 
 
 def plain_attention(q, k, v, causal: bool = False):
-    """softmax(q kᵀ / sqrt(d)) v with the whole score matrix in memory (n_q == n_k)."""
+    """softmax(q kᵀ / sqrt(d)) v with the whole score matrix in memory. q (B, H, n_q, d); k, v (B, H, n_k, d)."""
     s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
-    if causal:
-        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
-    return torch.softmax(s, -1) @ v
+    mask = build_attention_mask(q.shape[2], k.shape[2], causal=causal, device=q.device)  # None: all visible
+    return torch.softmax(s if mask is None else s.masked_fill(~mask, float("-inf")), -1) @ v
 
 
 IMPLS = {
