@@ -5,25 +5,23 @@ shape (n_q, n_k) is ever created. Work is vectorised over batch and heads; the l
 of the sequence. GQA is handled by viewing q as (batch, kv_heads, group, n, d), so that one key/value
 head broadcasts over its group of query heads without being copied.
 
-Masking conventions (bloomlib's, see CONTRIBUTING.md): query i sits at absolute position
-p = i + n_k - n_q. causal: key j is visible when j <= p. window w (implies the causal bound):
-p - w < j <= p. A query that sees no key gets output 0, log-sum-exp -inf and zero gradients.
+Masks follow bloomlib.masks (`visible`): query i sits at absolute position p = i + n_k - n_q;
+causal: key j is visible when j <= p; window w (implies the causal bound): p - w < j <= p.
+A query that sees no key gets output 0, log-sum-exp -inf and zero gradients.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from bloomlib import masks
+
 
 def key_range(m0: int, m1: int, n_q: int, n_k: int, causal: bool, window: int | None, block_n: int) -> range:
     """Start of every key tile that query rows [m0, m1) may see; tiles wholly outside are skipped."""
-    off = n_k - n_q
-    lo, hi = 0, n_k
-    if causal or window is not None:
-        hi = min(n_k, m1 + off)  # the last row (position m1 - 1 + off) sees keys up to that position
-    if window is not None:
-        lo = max(0, m0 + off - window + 1) // block_n * block_n  # first row sees keys after m0 + off - w
-    return range(lo, hi, block_n)
+    off = n_k - n_q  # query row i sits at position i + off
+    lo, hi = masks.visible_key_range(m0 + off, m1 - 1 + off, n_k, causal=causal, window=window)
+    return range(lo // block_n * block_n, hi, block_n)
 
 
 def tile_mask(m0: int, m1: int, n0: int, n1: int, n_q: int, n_k: int, causal: bool, window: int | None,
@@ -31,12 +29,9 @@ def tile_mask(m0: int, m1: int, n0: int, n1: int, n_q: int, n_k: int, causal: bo
     """(m1 - m0, n1 - n0) bool, True = may attend; None when the whole tile is visible."""
     if not causal and window is None:
         return None
-    pos = torch.arange(m0, m1, device=device)[:, None] + (n_k - n_q)
-    j = torch.arange(n0, n1, device=device)[None, :]
-    ok = j <= pos
-    if window is not None:
-        ok = ok & (j > pos - window)
-    return ok
+    off = n_k - n_q
+    return masks.visible(torch.arange(m0 + off, m1 + off, device=device), torch.arange(n0, n1, device=device),
+                         causal=causal, window=window)
 
 
 def _grouped(q: Tensor, k: Tensor) -> tuple[Tensor, int]:
@@ -129,12 +124,14 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, L: Te
     return dq.view(q.shape), dk.to(k.dtype), dv.to(v.dtype)
 
 
-class TiledFlashAttention(torch.autograd.Function):
-    """Autograd wrapper: forward saves q, k, v, O and L only (O(n) extra memory)."""
+class FlashAttention(torch.autograd.Function):
+    """Autograd around impl = (forward, backward): (flash_forward, flash_backward) here, or the Triton kernels'
+    pair with the same arguments. Forward saves q, k, v, O and L only (O(n) extra memory)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, scale: float | None, window: int | None, block_m: int, block_n: int):
-        o, L = flash_forward(q, k, v, causal, scale, window, block_m, block_n)
+    def forward(ctx, impl: tuple, q, k, v, causal: bool, scale: float | None, window: int | None, block_m, block_n):
+        fwd, ctx.bwd = impl
+        o, L = fwd(q, k, v, causal, scale, window, block_m, block_n)
         ctx.save_for_backward(q, k, v, o, L)
         ctx.args = (causal, scale, window, block_m, block_n)
         return o
@@ -142,5 +139,4 @@ class TiledFlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, L = ctx.saved_tensors
-        dq, dk, dv = flash_backward(do, q, k, v, o, L, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None
+        return None, *ctx.bwd(do, q, k, v, o, L, *ctx.args), None, None, None, None, None
