@@ -38,25 +38,24 @@ class _Group:
 
 
 class PagedKVCache:
-    """k_pages, v_pages: (n_layer, num_pages, page_size, n_kv_head, head_dim)."""
+    """pages: (n_layer, num_pages, page_size, 2, n_kv_head, head_dim), the keys ([..., 0, :, :]) and values
+    ([..., 1, :, :]) of a slot side by side, so that one gather per layer reads both."""
 
     def __init__(self, n_layer: int, num_pages: int, page_size: int, n_kv_head: int, head_dim: int, *,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
-        shape = (n_layer, num_pages, page_size, n_kv_head, head_dim)
-        self.k_pages = torch.zeros(shape, dtype=dtype, device=device)
-        self.v_pages = torch.zeros(shape, dtype=dtype, device=device)
+        self.pages = torch.zeros(n_layer, num_pages, page_size, 2, n_kv_head, head_dim, dtype=dtype, device=device)
         self.page_size = page_size
         self._step: tuple[torch.Tensor, torch.Tensor, int, list[_Group]] | None = None
 
     @property
     def bytes_per_token(self) -> int:
-        n_layer, _, _, n_kv_head, head_dim = self.k_pages.shape
-        return 2 * n_layer * n_kv_head * head_dim * self.k_pages.element_size()
+        n_layer, _, _, two, n_kv_head, head_dim = self.pages.shape
+        return n_layer * two * n_kv_head * head_dim * self.pages.element_size()
 
     def prepare(self, starts: list[int], lens: list[int], block_tables: list[list[int]]) -> None:
         """Lay out one step: sequence i feeds lens[i] tokens at positions starts[i], starts[i] + 1, ... (its
         keys and values before starts[i] are already cached), packed one sequence after another."""
-        dev, ps = self.k_pages.device, self.page_size
+        dev, ps = self.pages.device, self.page_size
         positions = [p for s, n in zip(starts, lens) for p in range(s, s + n)]
         slots = [table[p // ps] * ps + p % ps for s, n, table in zip(starts, lens, block_tables)
                  for p in range(s, s + n)]
@@ -71,7 +70,7 @@ class PagedKVCache:
         self._step = (torch.tensor(positions, device=dev), torch.tensor(slots, device=dev), end, groups)
 
     def _group(self, rows, starts, lens, offsets, block_tables) -> _Group:
-        dev, T = self.k_pages.device, max(lens[i] for i in rows)
+        dev, T = self.pages.device, max(lens[i] for i in rows)
         width = max(-(-(starts[i] + lens[i]) // self.page_size) for i in rows)  # pages the longest one reads
         queries = [offsets[i] + min(t, lens[i] - 1) for i in rows for t in range(T)]  # padding repeats the last
         kept = [j * T + t for j, i in enumerate(rows) for t in range(lens[i])]
@@ -97,25 +96,23 @@ class PagedKVCache:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend):
         """q (1, H, N, D), k and v (1, H_kv, N, D) for the N packed tokens -> (out (1, H, N, D), None)."""
         _, slots, _, groups = self._prepared()
-        k_pages, v_pages = self.k_pages[layer], self.v_pages[layer]
-        n_pages, ps, n_kv, D = k_pages.shape
-        k_pages.view(n_pages * ps, n_kv, D).index_copy_(0, slots, k[0].transpose(0, 1).to(k_pages.dtype))
-        v_pages.view(n_pages * ps, n_kv, D).index_copy_(0, slots, v[0].transpose(0, 1).to(v_pages.dtype))
+        pages = self.pages[layer]
+        n_pages, ps, _, n_kv, D = pages.shape
+        pages.view(n_pages * ps, 2, n_kv, D).index_copy_(0, slots, torch.stack((k[0], v[0]), 1).transpose(0, 2)
+                                                         .to(pages.dtype))       # (N, 2, H_kv, D)
         if len(groups) == 1 and groups[0].everything:  # every sequence decodes: no query gather, no scatter
-            return self._attend_group(groups[0], q[0].transpose(0, 1)[:, :, None], k_pages, v_pages, attend
+            return self._attend_group(groups[0], q[0].transpose(0, 1)[:, :, None], pages, attend
                                       ).squeeze(2).transpose(0, 1)[None], None
         out = torch.empty_like(q[0])                                               # (H, N, D)
         for g in groups:
             b, T = g.shape
             qg = q[0].index_select(1, g.queries).view(-1, b, T, D).transpose(0, 1)  # (b, H, T, D)
-            og = self._attend_group(g, qg, k_pages, v_pages, attend)                # (b, H, T, D)
+            og = self._attend_group(g, qg, pages, attend)                           # (b, H, T, D)
             out.index_copy_(1, g.packed, og.transpose(0, 1).reshape(-1, b * T, D).index_select(1, g.kept))
         return out[None], None
 
     @staticmethod
-    def _attend_group(g: _Group, qg, k_pages, v_pages, attend) -> torch.Tensor:
+    def _attend_group(g: _Group, qg: torch.Tensor, pages: torch.Tensor, attend) -> torch.Tensor:
         """qg (b, H, T, D) over the keys in the group's pages -> (b, H, T, D)."""
-        b = g.shape[0]
-        kg = k_pages.index_select(0, g.pages).view(b, -1, *k_pages.shape[2:]).transpose(1, 2)  # (b, H_kv, n_k, D)
-        vg = v_pages.index_select(0, g.pages).view(b, -1, *v_pages.shape[2:]).transpose(1, 2)
-        return attend(qg, kg.to(qg.dtype), vg.to(qg.dtype), layout=g.layout)[0]
+        kv = pages.index_select(0, g.pages).view(g.shape[0], -1, *pages.shape[2:]).to(qg.dtype)  # (b, n_k, 2, ..)
+        return attend(qg, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2), layout=g.layout)[0]
