@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import random
 
@@ -68,3 +69,19 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
+
+
+def small_step_mode() -> contextlib.AbstractContextManager:
+    """For loops of tiny steps (one token at a time): inference mode, and oneDNN off for the loop only.
+
+    On a CPU, torch sends exact GELU on a contiguous float32 tensor to oneDNN, whose per-call set-up costs
+    several times what a GELU over a few hundred values does (measured: 0.61 -> 0.54 ms per generated token of
+    the course model at batch 1, 2.7 -> 2.1 ms at batch 8, results equal to float rounding). The switch is
+    process-wide, so it is torch's own scoped one, touching `enabled` alone and restored on exit, even on an
+    error; inference mode is local to the thread.
+    """
+    keep = {name: None for name in inspect.signature(torch.backends.mkldnn.flags).parameters if name != "enabled"}
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    stack.enter_context(torch.backends.mkldnn.flags(enabled=False, **keep))  # None: leave that setting alone
+    return stack

@@ -12,6 +12,7 @@ import torch.nn as nn
 from bloomlib.attention import KVCache, set_attention_backend
 from bloomlib.blocks import Block, apply_dropout, make_norm
 from bloomlib.config import GPTConfig
+from bloomlib.device import small_step_mode
 from bloomlib.positional import RotaryEmbedding, alibi_slopes, sinusoidal_encoding
 from bloomlib.sampling import apply_repetition_penalty, check_sampling_args, draw_next_token
 
@@ -151,9 +152,7 @@ class GPT(nn.Module):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.transformer.check_token_ids(idx)  # once: every later token comes from the model's own vocabulary
-        # A one-token step is tiny, so per-call overheads dominate it on a CPU: inference_mode skips autograd's
-        # bookkeeping (and is local to this thread and this call, unlike a process-wide backend switch).
-        with torch.inference_mode():
+        with small_step_mode():  # inference mode, and oneDNN off for the loop (see there why)
             out = self._generate(idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                                  stop_tokens, generator, use_cache)
         return out.clone()  # an ordinary tensor, usable with autograd afterwards
