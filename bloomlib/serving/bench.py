@@ -56,11 +56,11 @@ def make_requests(n: int, vocab: int, context: int, seed: int = 0) -> list[tuple
     return reqs
 
 
-def run_engine(model, reqs, concurrency: int, static: bool, block_size: int, kv_stats: dict | None = None
+def run_engine(model, reqs, concurrency: int, static: bool, kv_block_size: int, kv_stats: dict | None = None
                ) -> tuple[float, list[list[int]]]:
     """Serve every request; returns (output tokens/s, each request's tokens). static: admit a new batch only
     once the last one has ended."""
-    engine = LLMEngine(model, config=EngineConfig(kv_block_size=block_size, max_num_seqs=concurrency),
+    engine = LLMEngine(model, config=EngineConfig(kv_block_size=kv_block_size, max_num_seqs=concurrency),
                        safety_filter=None)
     todo, produced, outputs, ids = list(reqs), 0, {}, []
     samples = []
@@ -76,12 +76,12 @@ def run_engine(model, reqs, concurrency: int, static: bool, block_size: int, kv_
                 outputs[out.request_id] = out.token_ids
         if kv_stats is not None and engine.scheduler.running:
             live = sum(len(s) for s in engine.scheduler.running)
-            samples.append((live, engine.bm.num_used * block_size, len(engine.scheduler.running) * engine.context))
+            samples.append((live, engine.bm.num_used * kv_block_size, len(engine.scheduler.running) * engine.context))
     elapsed = time.perf_counter() - t0
     if kv_stats is not None and samples:
         live, paged, contiguous = (sum(x) for x in zip(*samples))
         kv_stats.update(paged_utilization=live / paged, contiguous_utilization=live / contiguous,
-                        block_size=block_size, bytes_per_token=engine.runner.kv_bytes_per_token)
+                        kv_block_size=kv_block_size, bytes_per_token=engine.runner.kv_bytes_per_token)
     return produced / elapsed, [outputs[i] for i in ids]
 
 
@@ -110,25 +110,25 @@ def run_transformers(model, reqs) -> tuple[float, list[list[int]]] | None:
     return sum(n for _, n in reqs) / elapsed, tokens
 
 
-def bench_throughput(model, n_requests: int, block_size: int) -> tuple[dict, dict]:
+def bench_throughput(model, n_requests: int, kv_block_size: int) -> tuple[dict, dict]:
     reqs = make_requests(n_requests, model.config.vocab_size, model.config.block_size)
     out, kv = {"requests": n_requests, "output_tokens": sum(n for _, n in reqs)}, {}
-    out["one_at_a_time_tok_s"], _ = run_engine(model, reqs, 1, False, block_size)
+    out["one_at_a_time_tok_s"], _ = run_engine(model, reqs, 1, False, kv_block_size)
     for c in (8, 32):
-        out[f"static_{c}_tok_s"], _ = run_engine(model, reqs, c, True, block_size)
-        out[f"continuous_{c}_tok_s"], _ = run_engine(model, reqs, c, False, block_size, kv if c == 32 else None)
+        out[f"static_{c}_tok_s"], _ = run_engine(model, reqs, c, True, kv_block_size)
+        out[f"continuous_{c}_tok_s"], _ = run_engine(model, reqs, c, False, kv_block_size, kv if c == 32 else None)
     out["continuous_32_vs_one_at_a_time"] = out["continuous_32_tok_s"] / out["one_at_a_time_tok_s"]
     out["continuous_32_vs_static_32"] = out["continuous_32_tok_s"] / out["static_32_tok_s"]
     return out, kv
 
 
-def bench_vs_transformers(model, n_requests: int, block_size: int) -> dict | None:
+def bench_vs_transformers(model, n_requests: int, kv_block_size: int) -> dict | None:
     """The engine (continuous batching, all requests at once) against transformers' static batch, same requests."""
     reqs = make_requests(n_requests, model.config.vocab_size, model.config.block_size, seed=2)
     hf = run_transformers(model, reqs)
     if hf is None:
         return None
-    ours = run_engine(model, reqs, n_requests, False, block_size)
+    ours = run_engine(model, reqs, n_requests, False, kv_block_size)
     return {"requests": n_requests, "output_tokens": sum(n for _, n in reqs), "engine_tok_s": ours[0],
             "transformers_static_batch_tok_s": hf[0], "engine_vs_transformers": ours[0] / hf[0],
             "identical_greedy_requests": sum(a == b for a, b in zip(ours[1], hf[1]))}
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--requests", type=int, default=256, help="requests per throughput run")
     p.add_argument("--hf-requests", type=int, default=32, help="requests in the comparison with transformers")
-    p.add_argument("--block-size", type=int, default=8, help="KV block size (tokens)")
+    p.add_argument("--kv-block-size", type=int, default=8, help="tokens per KV-cache page")
     p.add_argument("--spec-requests", type=int, default=8)
     p.add_argument("--spec-k", type=int, default=4)
     p.add_argument("--spec-max-tokens", type=int, default=64)
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     target, draft, tok, source = load_models()
     report = {"models": source, "threads": torch.get_num_threads()}
-    report["throughput"], report["kv_memory"] = bench_throughput(target, args.requests, args.block_size)
-    report["vs_transformers"] = bench_vs_transformers(target, args.hf_requests, args.block_size)
+    report["throughput"], report["kv_memory"] = bench_throughput(target, args.requests, args.kv_block_size)
+    report["vs_transformers"] = bench_vs_transformers(target, args.hf_requests, args.kv_block_size)
     report["speculative"] = bench_speculative(target, draft, tok, args.spec_requests, args.spec_k,
                                               args.spec_max_tokens)
     report["quantization"] = bench_quantization(target, tok, args.group_size)
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{hf['transformers_static_batch_tok_s']:.1f} ({hf['engine_vs_transformers']:.2f}x), identical greedy "
               f"tokens in {hf['identical_greedy_requests']}/{hf['requests']}")
     kv = report["kv_memory"]
-    print(f"KV memory held by live tokens (block size {kv['block_size']}): paged {kv['paged_utilization']:.1%}, "
+    print(f"KV memory held by live tokens (KV block size {kv['kv_block_size']}): paged {kv['paged_utilization']:.1%}, "
           f"contiguous preallocation {kv['contiguous_utilization']:.1%}")
     sp = report["speculative"]
     print(f"one decode pass: target {sp['target_ms_per_pass']:.2f} ms, draft {sp['draft_ms_per_pass']:.2f} ms "

@@ -1,9 +1,10 @@
 """Paged KV memory bookkeeping (vLLM's PagedAttention, nano-vllm's BlockManager).
 
-The KV cache is one pool of `num_blocks` blocks of `block_size` token slots per layer. A sequence owns a
+The KV cache is one pool of `num_blocks` blocks of `kv_block_size` token slots (EngineConfig.kv_block_size; not the model's
+context window, GPTConfig.block_size) per layer. A sequence owns a
 *block table*: the ids of its blocks in order, so token position p lives in slot
-`block_table[p // block_size] * block_size + p % block_size`. Only the last block of a sequence is ever
-partly empty, so at most block_size - 1 slots per sequence are wasted.
+`block_table[p // kv_block_size] * kv_block_size + p % kv_block_size`. Only the last block of a sequence is ever
+partly empty, so at most kv_block_size - 1 slots per sequence are wasted.
 
 Prefix caching: a full block is named by a hash chained over (parent block's hash, its token ids), so equal
 hashes mean equal prefixes; a hit is confirmed by comparing token ids. Blocks nobody references keep their
@@ -33,10 +34,10 @@ class Block:
 class BlockManager:
     """Allocates blocks to sequences (objects with `token_ids`, `block_table`, `num_cached_tokens`)."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
-        if num_blocks <= 0 or block_size <= 0:
-            raise ValueError(f"num_blocks and block_size must be positive, got {num_blocks}, {block_size}")
-        self.num_blocks, self.block_size, self.prefix_caching = num_blocks, block_size, enable_prefix_caching
+    def __init__(self, num_blocks: int, kv_block_size: int, enable_prefix_caching: bool = True) -> None:
+        if num_blocks <= 0 or kv_block_size <= 0:
+            raise ValueError(f"num_blocks and kv_block_size must be positive, got {num_blocks}, {kv_block_size}")
+        self.num_blocks, self.kv_block_size, self.prefix_caching = num_blocks, kv_block_size, enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: deque[int] = deque(range(num_blocks))       # empty blocks
         self.evictable: OrderedDict[int, None] = OrderedDict()  # ref 0 but hashed; oldest first
@@ -67,7 +68,7 @@ class BlockManager:
         return self.hits / self.lookups if self.lookups else 0.0
 
     def blocks_needed(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return -(-num_tokens // self.kv_block_size)
 
     # ---- allocation
     def _take_block(self) -> Block:
@@ -86,7 +87,7 @@ class BlockManager:
         found, parent = [], None
         if not self.prefix_caching:
             return found
-        bs = self.block_size
+        bs = self.kv_block_size
         for i in range((len(token_ids) - 1) // bs):
             ids = tuple(token_ids[i * bs:(i + 1) * bs])
             parent = block_hash(parent, ids)
@@ -106,14 +107,14 @@ class BlockManager:
         if seq.block_table:
             raise ValueError(f"sequence {seq.request_id} already has blocks")
         cached = self._cached_prefix(seq.token_ids)
-        self.lookups += (len(seq.token_ids) - 1) // self.block_size if self.prefix_caching else 0
+        self.lookups += (len(seq.token_ids) - 1) // self.kv_block_size if self.prefix_caching else 0
         self.hits += len(cached)
         for block in cached:
             if block.ref_count == 0:
                 del self.evictable[block.id]
             block.ref_count += 1
             seq.block_table.append(block.id)
-        seq.num_cached_tokens = len(cached) * self.block_size
+        seq.num_cached_tokens = len(cached) * self.kv_block_size
         for _ in range(self.blocks_needed(len(seq.token_ids)) - len(cached)):
             seq.block_table.append(self._take_block().id)
 
@@ -121,7 +122,7 @@ class BlockManager:
         """Hash the sequence's full blocks among its first num_tokens (whose KV is now computed)."""
         if not self.prefix_caching:
             return
-        bs, parent = self.block_size, None
+        bs, parent = self.kv_block_size, None
         for i in range(num_tokens // bs):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:

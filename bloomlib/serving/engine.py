@@ -108,7 +108,7 @@ class LLMEngine:
         logits = self.runner.forward([s.token_ids[s.num_computed:] for s in seqs], [s.num_computed for s in seqs],
                                      [s.block_table for s in seqs])
         outputs = []
-        page = self.bm.block_size
+        page = self.bm.kv_block_size
         for seq, tok in zip(seqs, sample(logits, seqs)):
             if len(seq) // page > seq.num_computed // page:  # this step filled a page: it can serve as a prefix
                 self.bm.register_full_blocks(seq, len(seq))
