@@ -1,19 +1,15 @@
 """Exercise pipeline: release exercises from nbgrader source notebooks, and grade a submission.
 
     bloomlib grade exercises/03_apply.ipynb [--json] [--timeout S] [--solutions DIR]
-    python -m bloomlib.course.grading release [--check] [--solutions DIR] [--exercises DIR]
-                                              # solutions/NN_*.ipynb -> exercises/NN_*.ipynb
+    python -m bloomlib.course.grading release [--check] [--solutions DIR] [--exercises DIR]  # solutions/ -> exercises/
 
-Grading uses nbgrader's own rules (``nbgrader.utils.determine_grade``) without a course or database:
-every locked and test cell of the submission is restored from the source notebook in solutions/
-(hidden tests included, matched by ``grade_id``, or by Jupyter cell id when an editor dropped the
-nbgrader metadata; deleted ones are put back), the notebook runs in a fresh kernel cell by cell, and a
-crash or timeout in one cell restarts the kernel, replays the cells that ran before, and goes on.
-Feedback is the failing assertion's message only, never test source.
+Grading uses nbgrader's own rules (``nbgrader.utils.determine_grade``) without a course or database: the
+submission's locked and test cells are restored from its source notebook (hidden tests included; deleted ones put
+back), then it runs cell by cell in a fresh kernel; a crash or timeout restarts the kernel, replays the cells that
+ran before, and goes on. Feedback is the failing assertion's message only, never test source.
 
-Every entry point takes its folders explicitly (``solutions_dir=`` / ``--solutions DIR``, ``exercises_dir=`` /
-``--exercises DIR``); the defaults are the checkout's solutions/ and exercises/, found next to this package.
-bloomlib installed without the checkout has none: the grader then says to pass the folder.
+The folders default to the checkout's solutions/ and exercises/; bloomlib installed without the checkout has none,
+and then says to pass them (``--solutions DIR`` / ``solutions_dir=``, ``--exercises DIR`` / ``exercises_dir=``).
 """
 from __future__ import annotations
 
@@ -25,7 +21,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import nbformat
 from nbformat import NotebookNode
@@ -54,8 +49,7 @@ def _is_protected(cell: NotebookNode) -> bool:
 
 # ---------------------------------------------------------------------------------------------- folders
 def solutions_folder(solutions_dir: str | Path | None = None) -> Path:
-    """The folder of nbgrader source notebooks: ``solutions_dir``, or the checkout's solutions/ when None.
-    Raises ValueError when that folder does not exist (bloomlib installed without the course checkout)."""
+    """The folder of nbgrader source notebooks: ``solutions_dir``, or the checkout's solutions/; it must exist."""
     if solutions_dir is not None:
         folder = Path(solutions_dir)
         if not folder.is_dir():
@@ -69,8 +63,7 @@ def solutions_folder(solutions_dir: str | Path | None = None) -> Path:
 
 
 def exercises_folder(exercises_dir: str | Path | None = None) -> Path:
-    """Where released exercises go: ``exercises_dir``, or the checkout's exercises/ when None (only in a checkout,
-    that is when its solutions/ exists; otherwise a ValueError that says to pass the folder)."""
+    """Where released exercises go: ``exercises_dir``, or the checkout's exercises/ (only in a checkout)."""
     if exercises_dir is not None:
         return Path(exercises_dir)
     if not SOLUTIONS_DIR.is_dir():
@@ -86,11 +79,9 @@ def release_notebook(nb: NotebookNode) -> NotebookNode:
     from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearMarkScheme, ClearOutput,
                                         ClearSolutions, ComputeChecksums, LockCells)
 
-    nb = copy.deepcopy(nb)
-    resources: dict[str, Any] = {}
-    steps = [LockCells, ClearSolutions, ClearOutput, CheckCellMetadata, ComputeChecksums,
-             ClearHiddenTests, ClearMarkScheme, ComputeChecksums, CheckCellMetadata]
-    for step in steps:
+    nb, resources = copy.deepcopy(nb), {}
+    for step in (LockCells, ClearSolutions, ClearOutput, CheckCellMetadata, ComputeChecksums,
+                 ClearHiddenTests, ClearMarkScheme, ComputeChecksums, CheckCellMetadata):
         nb, resources = step().preprocess(nb, resources)
     return nb
 
@@ -104,8 +95,7 @@ def normalize(nb: NotebookNode) -> list[tuple]:
 def release(solutions_dir: str | Path | None = None, exercises_dir: str | Path | None = None,
             check: bool = False) -> list[Path]:
     """Write exercises_dir/NN_name.ipynb for every solutions_dir/NN_name.ipynb; return those written.
-    With ``check``, write nothing and return the exercises missing or out of date (normalized compare).
-    The folders default to the checkout's solutions/ and exercises/ (see solutions_folder)."""
+    With ``check``, write nothing and return the exercises missing or out of date (normalized compare)."""
     solutions_dir, exercises_dir = solutions_folder(solutions_dir), exercises_folder(exercises_dir)
     stale = []
     for src in sorted(solutions_dir.glob(NOTEBOOK_GLOB)):
@@ -123,11 +113,9 @@ def release(solutions_dir: str | Path | None = None, exercises_dir: str | Path |
 
 # ------------------------------------------------------------------------------------------ assembling
 def assemble(submission: NotebookNode, source: NotebookNode) -> NotebookNode:
-    """The notebook to execute: the learner's cells, with every protected cell (tests with their hidden
-    parts, read-only setup) replaced by the source's version and missing ones put back in place.
-
-    A cell is matched to the source by its nbgrader grade_id or, when an editor dropped the nbgrader
-    metadata, by its Jupyter cell id. Raises ValueError when nothing matches (answers would be lost)."""
+    """The notebook to execute: the learner's cells, with every protected cell (tests with their hidden parts,
+    read-only setup) replaced by the source's version and missing ones put back in place. A cell is matched by
+    grade_id or, when an editor dropped the nbgrader metadata, by Jupyter cell id; none matching is a ValueError."""
     src_cells = {_grade_id(c): c for c in source.cells if _grade_id(c)}
     src_order = [_grade_id(c) for c in source.cells if _grade_id(c)]
     by_cell_id = {c.get("id"): _grade_id(c) for c in source.cells if _grade_id(c) and c.get("id")}
@@ -146,19 +134,17 @@ def assemble(submission: NotebookNode, source: NotebookNode) -> NotebookNode:
                 cell.metadata["nbgrader"] = copy.deepcopy(_meta(src_cells[gid]))
         else:  # learner's own cell, a duplicate, or an unknown id: never graded
             cell.get("metadata", {}).pop("nbgrader", None)
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
         cells.append(cell)
     for k, gid in enumerate(src_order):  # restore deleted protected cells after their predecessor
         if gid in seen or not _is_protected(src_cells[gid]):
             continue
         prev = {g: i for i, c in enumerate(cells) if (g := _grade_id(c))}
         at = next((prev[p] + 1 for p in reversed(src_order[:k]) if p in prev), 0)
-        restored = copy.deepcopy(src_cells[gid])
-        if restored.cell_type == "code":
-            restored.outputs, restored.execution_count = [], None
-        cells.insert(at, restored)
+        cells.insert(at, copy.deepcopy(src_cells[gid]))
         seen.add(gid)
+    for cell in cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     nb = copy.deepcopy(source)
     nb.cells = cells
     return nb
@@ -179,25 +165,16 @@ def hidden_lines(source: NotebookNode) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------- executing
-def _env_bin_on_path() -> None:
-    """nbgrader runs ``alembic`` and kernels run ``python`` by name: put this environment's bin first."""
-    bin_dir = str(Path(sys.executable).parent)
-    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-
-
-def _error_output(ename: str, evalue: str) -> NotebookNode:
-    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])
-
-
 def execute(nb: NotebookNode, timeout: float = 60.0, cwd: Path | None = None) -> NotebookNode:
-    """Run every code cell in place. A cell that times out or kills the kernel gets an error output; the
-    kernel is then restarted, the earlier non-test cells are replayed (outputs discarded), and the
-    remaining cells run."""
+    """Run every code cell in place. A cell that times out or kills the kernel gets an error output; the kernel is
+    restarted, the earlier non-test cells are replayed (outputs discarded), and the remaining cells run."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-    _env_bin_on_path()
+    # nbgrader runs `alembic` and kernels run `python` by name: put this environment's bin first
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     done: list[int] = []
     pos = 0
@@ -214,14 +191,15 @@ def execute(nb: NotebookNode, timeout: float = 60.0, cwd: Path | None = None) ->
                 try:
                     client.execute_cell(nb.cells[i], i)
                 except CellTimeoutError:
-                    nb.cells[i].outputs = [_error_output("Timeout", f"the cell ran longer than {timeout:g} s "
-                                                         "(an endless loop?); the kernel was restarted")]
-                    break
+                    ename, evalue = "Timeout", (f"the cell ran longer than {timeout:g} s (an endless loop?); "
+                                                "the kernel was restarted")
                 except DeadKernelError:
-                    nb.cells[i].outputs = [_error_output("DeadKernel", "the kernel died while running this "
-                                                         "cell; it was restarted")]
-                    break
-                done.append(i)
+                    ename, evalue = "DeadKernel", "the kernel died while running this cell; it was restarted"
+                else:
+                    done.append(i)
+                    continue
+                nb.cells[i].outputs = [nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])]
+                break
     return nb
 
 
@@ -258,16 +236,15 @@ def score(executed: NotebookNode, source: NotebookNode, name: str) -> dict:
             continue
         cell = by_id.get(m["grade_id"])
         if cell is None:  # cannot happen after assemble(); never fall back to the source's outputs
-            questions.append({"id": m["grade_id"], "score": 0.0, "max_score": float(m["points"]),
-                              "feedback": "this cell is missing from the submission"})
-            continue
-        fb = feedback(cell, hidden) if cell.cell_type == "code" else ""
-        try:
-            points, max_points = determine_grade(cell)
-        except (KeyError, ValueError):  # an odd result value nbgrader cannot read as partial credit
-            points, max_points, fb = 0.0, float(m["points"]), fb or "the test cell's result is not a valid grade"
-        if points is None:
-            points, fb = 0.0, "graded by hand"
+            points, max_points, fb = 0.0, m["points"], "this cell is missing from the submission"
+        else:
+            fb = feedback(cell, hidden) if cell.cell_type == "code" else ""
+            try:
+                points, max_points = determine_grade(cell)
+            except (KeyError, ValueError):  # an odd result value nbgrader cannot read as partial credit
+                points, max_points, fb = 0.0, m["points"], fb or "the test cell's result is not a valid grade"
+            if points is None:
+                points, fb = 0.0, "graded by hand"
         questions.append({"id": m["grade_id"], "score": float(points), "max_score": float(max_points),
                           "feedback": fb})
     return {"notebook": name, "score": sum(q["score"] for q in questions),
@@ -347,13 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--solutions", type=Path, default=None,
                    help="folder of source notebooks (default: the checkout's solutions/)")
     args = p.parse_args(argv)
-    if not args.notebook.exists():
-        print(f"bloomlib grade: no such notebook: {args.notebook}", file=sys.stderr)
-        return 2
     try:
+        if not args.notebook.exists():
+            raise ValueError(f"no such notebook: {args.notebook}")
         result = grade_notebook(args.notebook, solutions_dir=args.solutions, timeout=args.timeout)
     except ValueError as e:
-        print(f"bloomlib grade: {e}", file=sys.stderr)
+        print(f"{p.prog}: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, ensure_ascii=False) if args.json else _table(result))
     return 0

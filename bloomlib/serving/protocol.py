@@ -1,20 +1,18 @@
 """The OpenAI wire format `bloomlib serve` speaks: request parsing, response and stream-chunk shapes, errors.
 
-Plain Python (no FastAPI here): a JSON body goes in, a `GenerationRequest` or an `APIError` comes out.
-Every check lives in one place, and each error names the request field at fault (`param`):
+Plain Python (no FastAPI): a JSON body goes in, a `GenerationRequest` or an `APIError` naming the request field
+at fault (`param`) comes out. Where each check lives:
 
-    where                      what it checks
-    server.read_json           body size (413)
-    parse_body                 the body is a JSON object
-    parse_request              model (404), n, stream, stream_options, prompt / messages shape
-    SamplingParams             temperature, top_p, top_k, max_tokens, stop, seed, ignore_eos: type and range
-    check_prompt               prompt ids non-empty and in the vocabulary, prompt + max_tokens within the context
-    LLMEngine.add_request      the KV pool can hold the request (its error arrives on the request's stream)
+    server.read_json       body size (413)
+    parse_body             the body is a JSON object
+    parse_request          model (404), n, stream, stream_options, prompt / messages shape
+    SamplingParams         temperature, top_p, top_k, max_tokens, stop, seed, ignore_eos: type and range
+    check_prompt           prompt ids non-empty and in the vocabulary, prompt + max_tokens within the context
+    LLMEngine.add_request  the KV pool can hold the request (its error arrives on the request's stream)
 
-SamplingParams and check_prompt (both in sequence.py) raise a ParamError naming their parameter, which
-parse_request answers with a 400 naming the body's field. check_prompt runs here, before the request is queued,
-so that a streamed request gets a 400 rather than an error event; LLMEngine.add_request checks the same for
-library callers.
+SamplingParams and check_prompt (sequence.py) raise a ParamError, answered with a 400 naming the body's field.
+check_prompt runs here, before the request is queued, so that a streamed request gets a 400 rather than an error
+event (LLMEngine.add_request runs it again for library callers).
 """
 from __future__ import annotations
 
@@ -69,31 +67,28 @@ class GenerationRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def _envelope(self, chunk: bool) -> dict:
+    def _answer(self, chunk: bool, choices: list[dict], **extra) -> dict:
         kind = "chat.completion" if self.chat else "text_completion"
         return {"id": ("chatcmpl-" if self.chat else "cmpl-") + self.request_id,
                 "object": kind + ".chunk" if chunk and self.chat else kind, "created": self.created,
-                "model": self.model}
+                "model": self.model, "choices": choices, **extra}
 
-    def _choice(self, text: str, finish_reason: str | None, delta: bool) -> dict:
-        if not self.chat:
-            return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-        return {"index": 0, ("delta" if delta else "message"): {"role": "assistant", "content": text},
-                "finish_reason": finish_reason, "logprobs": None}
+    def _choice(self, text: str, finish_reason: str | None, key: str) -> dict:
+        content = {key: {"role": "assistant", "content": text}} if self.chat else {"text": text}
+        return {"index": 0, **content, "finish_reason": finish_reason, "logprobs": None}
 
     def response(self, out: RequestOutput) -> dict:
         """The whole answer, from the request's last output."""
-        return {**self._envelope(False), "choices": [self._choice(out.text, out.finish_reason, False)],
-                "usage": usage(out)}
+        return self._answer(False, [self._choice(out.text, out.finish_reason, "message")], usage=usage(out))
 
     def chunk(self, out: RequestOutput) -> dict:
         """One streamed event: the text this output added."""
-        chunk = {**self._envelope(True), "choices": [self._choice(out.new_text, out.finish_reason, True)]}
-        return chunk | {"usage": None} if self.include_usage else chunk
+        extra = {"usage": None} if self.include_usage else {}
+        return self._answer(True, [self._choice(out.new_text, out.finish_reason, "delta")], **extra)
 
     def usage_chunk(self, out: RequestOutput) -> dict:
         """The extra last event of stream_options.include_usage: no choices, the token counts."""
-        return {**self._envelope(True), "choices": [], "usage": usage(out)}
+        return self._answer(True, [], usage=usage(out))
 
 
 def usage(out: RequestOutput) -> dict:
@@ -173,10 +168,8 @@ def _messages_ids(body: dict, tokenizer) -> list[int]:
 
 def _typed(obj: dict, key: str, kind: type, default, param: str | None = None):
     """obj[key] if it is a `kind`, `default` if it is missing or null; otherwise a 400 naming `param` (or key)."""
-    value = obj.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise APIError(400, f"'{param or key}' must be of type {kind.__name__}, got {type(value).__name__}",
-                       param or key, "invalid_type")
-    return value
+    value, param = obj.get(key), param or key
+    if value is not None and not isinstance(value, kind):
+        raise APIError(400, f"'{param}' must be of type {kind.__name__}, got {type(value).__name__}", param,
+                       "invalid_type")
+    return default if value is None else value

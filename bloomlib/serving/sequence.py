@@ -31,10 +31,10 @@ class SafetyFilter:
         words = [w for w in blocklist if w]
         if any(not isinstance(w, str) for w in words):
             raise ValueError(f"blocklist must hold strings, got {blocklist!r}")
-        self.replacement = replacement
-        self.pattern = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE)
-                        if words else None)
-        self.holdback = max((len(w) for w in words), default=0) + 1 if words else 0
+        self.replacement, self.pattern, self.holdback = replacement, None, 0
+        if words:
+            self.pattern = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE)
+            self.holdback = max(map(len, words)) + 1
 
     def safe_end(self, text: str, end: int) -> int:
         if self.pattern:
@@ -55,8 +55,7 @@ class SafetyFilter:
 
 
 class ParamError(ValueError):
-    """A ValueError that names the parameter at fault (`param`) and, where OpenAI has one, an error `code`; the
-    server answers it with a 400 naming that request field."""
+    """A ValueError naming the parameter at fault (`param`) and, where OpenAI has one, an error `code`."""
 
     def __init__(self, param: str, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -84,8 +83,7 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
+        self.stop = [self.stop] if isinstance(self.stop, str) else self.stop
         types = {"temperature": (_is(self.temperature, int, float), "a number"),
                  "top_p": (self.top_p is None or _is(self.top_p, int, float), "a number or None"),
                  "top_k": (self.top_k is None or _is(self.top_k, int), "an integer or None"),

@@ -26,7 +26,7 @@ from bloomlib.serving.config import EngineConfig
 from bloomlib.serving.engine import LLMEngine
 from bloomlib.serving.protocol import (DONE, APIError, GenerationRequest, ServedModel, models_response, parse_body,
                                        parse_request, sse)
-from bloomlib.serving.sequence import RequestOutput, SafetyFilter, SamplingParams
+from bloomlib.serving.sequence import RequestOutput, SafetyFilter
 
 
 class Stream:
@@ -47,9 +47,7 @@ class Stream:
 
 @dataclass
 class Add:
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
+    req: GenerationRequest
     stream: Stream
 
 
@@ -74,7 +72,7 @@ class AsyncEngine:
 
     def add(self, req: GenerationRequest) -> Stream:
         stream = Stream()
-        self.commands.put(Add(req.request_id, req.prompt_ids, req.params, stream))
+        self.commands.put(Add(req, stream))
         return stream
 
     def abort(self, request_id: str) -> None:
@@ -92,15 +90,15 @@ class AsyncEngine:
                 commands.append(self.commands.get_nowait())
             for cmd in commands:
                 match cmd:
-                    case Add():
+                    case Add(req, stream):
                         try:
-                            self.engine.add_request(cmd.prompt_ids, cmd.params, request_id=cmd.request_id)
-                            self.streams[cmd.request_id] = cmd.stream
+                            self.engine.add_request(req.prompt_ids, req.params, request_id=req.request_id)
+                            self.streams[req.request_id] = stream
                         except Exception as e:
-                            cmd.stream.put(e)
-                    case Abort() if cmd.request_id in self.streams:
-                        self.engine.abort(cmd.request_id)
-                        del self.streams[cmd.request_id]
+                            stream.put(e)
+                    case Abort(rid) if rid in self.streams:
+                        self.engine.abort(rid)
+                        del self.streams[rid]
                     case Stop():
                         return
             if self.engine.has_unfinished():
@@ -138,13 +136,11 @@ async def complete(request: Request, core: AsyncEngine, req: GenerationRequest) 
     try:
         while True:
             try:
-                out = await asyncio.wait_for(stream.get(), timeout=0.5)
+                if (out := await asyncio.wait_for(stream.get(), timeout=0.5)).finished:
+                    return req.response(out)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     return Response(status_code=499)
-                continue
-            if out.finished:
-                return req.response(out)
     finally:
         core.abort(req.request_id)
 
@@ -154,19 +150,17 @@ async def events(core: AsyncEngine, req: GenerationRequest) -> AsyncIterator[str
     stream = core.add(req)
     try:
         while True:
-            try:
-                out = await stream.get()
-            except APIError as e:  # too late for an HTTP status: the error is an event
-                yield sse(e.body())
-                break
+            out = await stream.get()
             yield sse(req.chunk(out))
             if out.finished:
-                if req.include_usage:
-                    yield sse(req.usage_chunk(out))
                 break
-        yield DONE
+        if req.include_usage:
+            yield sse(req.usage_chunk(out))
+    except APIError as e:  # too late for an HTTP status: the error is an event
+        yield sse(e.body())
     finally:  # runs when the client disconnects, too
         core.abort(req.request_id)
+    yield DONE
 
 
 def build_app(engine: LLMEngine, model_name: str, max_body_bytes: int = 1 << 20) -> FastAPI:
@@ -226,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", default=None, help="name clients use (default: the folder's name)")
     p.add_argument("--kv-block-size", type=int, default=EngineConfig.kv_block_size, help="tokens per KV block")
-    p.add_argument("--num-kv-blocks", type=int, default=None, help="KV blocks in the pool (default: room for "
-                                                                   "max-num-seqs full contexts)")
+    p.add_argument("--num-kv-blocks", type=int, default=None,
+                   help="KV blocks in the pool (default: room for max-num-seqs full contexts)")
     p.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
                    help="sequences decoded together at most")
     p.add_argument("--blocklist", default=None,
@@ -246,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     if ckpt.tokenizer is None:
         p.error(f"{args.checkpoint} has no tokenizer.json; the server needs one")
-    safety = "default" if args.blocklist is None else (
-        SafetyFilter([w.strip() for w in args.blocklist.split(",") if w.strip()]) if args.blocklist else None)
+    words = [w.strip() for w in (args.blocklist or "").split(",") if w.strip()]
+    safety = "default" if args.blocklist is None else (SafetyFilter(words) if args.blocklist else None)
     engine = LLMEngine(ckpt.model, ckpt.tokenizer, config, safety_filter=safety)
     name = args.model_name or Path(args.checkpoint).resolve().name
     app = build_app(engine, name, args.max_body_bytes)
