@@ -134,3 +134,27 @@ def test_course_models_round_trip(tmp_path, arch):
         assert torch.equal(ck.model(*args), model(*args))
     if arch == "GPT":
         assert ck.model.lm_head.weight is ck.model.transformer.tok_emb.weight
+
+
+def test_attention_backend_is_chosen_at_load_and_never_saved(tmp_path):
+    """How a model runs is not what it is: config.json holds no backend, an old one that does still loads, and
+    the backend is picked at load (or later) without changing a logit beyond rounding."""
+    from bloomlib import GPT, MultiHeadAttention
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny")).double().eval()
+    model.set_attention_backend("math")
+    save_checkpoint(tmp_path, model)
+    header = json.loads((tmp_path / "config.json").read_text())
+    assert "attn_backend" not in header["config"]
+    header["config"]["attn_backend"] = "flash"  # as checkpoints written before this change say
+    (tmp_path / "config.json").write_text(json.dumps(header))
+    idx = torch.randint(0, 64, (2, 9))
+    backends = {}
+    for name in (None, "math", "flash"):
+        loaded = load_checkpoint(tmp_path, attn_backend=name).model
+        backends[name] = {m.backend for m in loaded.modules() if isinstance(m, MultiHeadAttention)}
+        torch.testing.assert_close(loaded(idx), model(idx))
+    assert backends == {None: {"sdpa"}, "math": {"math"}, "flash": {"flash"}}
+    with pytest.raises(ValueError, match="backend"):
+        load_checkpoint(tmp_path, attn_backend="cuda")
