@@ -151,19 +151,17 @@ class AttentionLayout:
     context_len: torch.Tensor
     _built: dict = field(default_factory=dict, repr=False)
 
-    def visible(self, causal: bool, window: int | None) -> torch.Tensor:
-        """(B, 1, n_q, n_k) boolean, by the rule of bloomlib.masks."""
-        key = ("visible", causal, window)
+    def bias(self, causal: bool, window: int | None, alibi: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1 or H, n_q, n_k) additive: 0 where bloomlib.masks' rule lets a query see a key, -inf elsewhere,
+        plus the ALiBi bias at these positions when `alibi` holds the slopes."""
+        key = (causal, window, alibi is not None, dtype)
         if key not in self._built:
-            self._built[key] = visible(self.q_pos, self.k_pos, causal=causal, window=window,
-                                       context_len=self.context_len)[:, None]
+            seen = visible(self.q_pos, self.k_pos, causal=causal, window=window, context_len=self.context_len)
+            bias = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill_(~seen, float("-inf"))[:, None]
+            if alibi is not None:
+                bias = bias + alibi_bias(alibi.to(dtype), 0, 0, q_pos=self.q_pos, k_pos=self.k_pos)
+            self._built[key] = bias
         return self._built[key]
-
-    def alibi_bias(self, slopes: torch.Tensor) -> torch.Tensor:
-        """(B, H, n_q, n_k) ALiBi bias at these positions."""
-        if "alibi" not in self._built:
-            self._built["alibi"] = alibi_bias(slopes, 0, 0, q_pos=self.q_pos, k_pos=self.k_pos)
-        return self._built["alibi"]
 
 
 class KVCache:
@@ -323,16 +321,13 @@ class MultiHeadAttention(nn.Module):
         causal, window, n_q, n_k = self.causal, self.sliding_window, q.shape[2], k.shape[2]
         if mask is not None:  # a caller's mask (padding): checked once here, a boolean from now on
             mask = _as_bool_mask(mask.to(q.device), torch.Size((q.shape[0], self.n_head, n_q, n_k)))
-        if layout is not None:
-            allowed = layout.visible(causal, window)
-            mask = allowed if mask is None else allowed & mask
+        if layout is not None:  # the rule at the layout's positions, as an additive mask shared by every layer
+            extra = layout.bias(causal, window, alibi, q.dtype)
+            bias = extra if bias is None else bias + extra
             causal, window = False, None
-            if alibi is not None:
-                bias = layout.alibi_bias(alibi) if bias is None else bias + layout.alibi_bias(alibi)
         elif alibi is not None:
             b = alibi_bias(alibi, n_q, n_k).to(q.dtype)
             bias = b if bias is None else bias + b
-        # a layout's queries each see at least their own key, so no row needs zeroing afterwards
         return self._attend(q, k, v, mask, bias, causal, window, need_weights, empty_rows=layout is None)
 
     def _attend(self, q, k, v, mask, bias, causal, window, need_weights, empty_rows=True):
@@ -361,7 +356,7 @@ class MultiHeadAttention(nn.Module):
         if bias is not None:
             attn_mask = bias.to(q.dtype) if allowed is None else bias.to(q.dtype).masked_fill(~allowed, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        if allowed is not None and empty_rows:  # zero the rows with nothing to attend to (torch gives NaN there)
+        if allowed is not None:  # zero the rows with nothing to attend to (torch gives NaN there)
             out = out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
         return out, None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import random
@@ -80,8 +81,13 @@ def small_step_mode() -> contextlib.AbstractContextManager:
     process-wide, so it is torch's own scoped one, touching `enabled` alone and restored on exit, even on an
     error; inference mode is local to the thread.
     """
-    keep = {name: None for name in inspect.signature(torch.backends.mkldnn.flags).parameters if name != "enabled"}
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
-    stack.enter_context(torch.backends.mkldnn.flags(enabled=False, **keep))  # None: leave that setting alone
+    stack.enter_context(torch.backends.mkldnn.flags(enabled=False, **_other_onednn_flags()))
     return stack
+
+
+@functools.cache
+def _other_onednn_flags() -> dict:
+    """None for every other setting torch.backends.mkldnn.flags takes (this torch's): leave each one alone."""
+    return {name: None for name in inspect.signature(torch.backends.mkldnn.flags).parameters if name != "enabled"}

@@ -47,9 +47,10 @@ def test_paged_cache_attention_equals_contiguous(alibi, window):
     slopes = alibi_slopes(H).double() if alibi else None
     attend = functools.partial(attn.attend, alibi=slopes)
 
-    def step(starts, ends):
-        cat = lambda ts: torch.cat([t[:, :, s:e] for t, s, e in zip(ts, starts, ends) if e > s], dim=2)
+    def step(starts, ends):  # the sequences that feed tokens, in the order the cache packs them
         rows = [i for i, (s, e) in enumerate(zip(starts, ends)) if e > s]
+        rows = [rows[j] for j in cache.packing_order([ends[i] - starts[i] for i in rows])]
+        cat = lambda ts: torch.cat([ts[i][:, :, starts[i]:ends[i]] for i in rows], dim=2)
         cache.prepare([starts[i] for i in rows], [ends[i] - starts[i] for i in rows], [tables[i] for i in rows])
         return cache.attend(0, cat(qs), cat(ks), cat(vs), attend)[0], rows
 

@@ -29,12 +29,13 @@ class _Group:
     """Some sequences of a step, their queries padded to T each."""
 
     shape: tuple[int, int]      # (b, T)
-    queries: torch.Tensor       # (b * T,) index of each padded query among the packed tokens
-    kept: torch.Tensor          # (n,) the real queries among the b * T ...
-    packed: torch.Tensor        # (n,) ... and where each sits among the packed tokens
+    queries: torch.Tensor | None  # (b * T,) index of each padded query among the packed tokens
+    kept: torch.Tensor | None     # (n,) the real queries among the b * T ...
+    packed: torch.Tensor | None   # (n,) ... and where each sits among the packed tokens (None when leading)
     pages: torch.Tensor         # (b * max_pages,) page ids, row by row (padding entries are never visible)
     layout: AttentionLayout
-    everything: bool            # the group is every packed token, one per sequence, in order (all decoding)
+    first: int | None           # for decoding rows (one query each, packed together): their first packed token,
+                                # so that their queries and outputs are a slice, not an index
 
 
 class PagedKVCache:
@@ -54,7 +55,8 @@ class PagedKVCache:
 
     def prepare(self, starts: list[int], lens: list[int], block_tables: list[list[int]]) -> None:
         """Lay out one step: sequence i feeds lens[i] tokens at positions starts[i], starts[i] + 1, ... (its
-        keys and values before starts[i] are already cached), packed one sequence after another."""
+        keys and values before starts[i] are already cached), packed one sequence after another, the decoding
+        ones (one token each) first (`packing_order`)."""
         dev, ps = self.pages.device, self.page_size
         positions = [p for s, n in zip(starts, lens) for p in range(s, s + n)]
         slots = [table[p // ps] * ps + p % ps for s, n, table in zip(starts, lens, block_tables)
@@ -62,25 +64,33 @@ class PagedKVCache:
         offsets = [0]
         for n in lens:
             offsets.append(offsets[-1] + n)
-        groups = []
-        for rows in ([i for i, n in enumerate(lens) if n == 1], [i for i, n in enumerate(lens) if n > 1]):
-            if rows:
-                groups.append(self._group(rows, starts, lens, offsets, block_tables))
+        d = next((i for i, n in enumerate(lens) if n > 1), len(lens))  # decoding rows are 0..d-1
+        if 1 in lens[d:]:
+            raise ValueError("prepare: decoding sequences (one token each) must be packed before the others")
+        groups = [self._group(list(rows), starts, lens, offsets, block_tables)
+                  for rows in (range(d), range(d, len(lens))) if rows]
         end = max(s + n for s, n in zip(starts, lens))
         self._step = (torch.tensor(positions, device=dev), torch.tensor(slots, device=dev), end, groups)
+
+    @staticmethod
+    def packing_order(lens: list[int]) -> list[int]:
+        """The order `prepare` wants sequences in: the decoding ones first (the scheduler's order already)."""
+        return sorted(range(len(lens)), key=lambda i: lens[i] > 1)
 
     def _group(self, rows, starts, lens, offsets, block_tables) -> _Group:
         dev, T = self.pages.device, max(lens[i] for i in rows)
         width = max(-(-(starts[i] + lens[i]) // self.page_size) for i in rows)  # pages the longest one reads
+        tensor = functools.partial(torch.tensor, dtype=torch.long, device=dev)
+        pages = tensor([p for i in rows for p in (block_tables[i] + [0] * width)[:width]])
+        k_pos, context = torch.arange(width * self.page_size, device=dev), tensor([starts[i] + lens[i] for i in rows])
+        if T == 1:
+            return _Group((len(rows), 1), None, None, None, pages,
+                          AttentionLayout(tensor([starts[i] for i in rows])[:, None], k_pos, context), rows[0])
         queries = [offsets[i] + min(t, lens[i] - 1) for i in rows for t in range(T)]  # padding repeats the last
         kept = [j * T + t for j, i in enumerate(rows) for t in range(lens[i])]
-        q_pos = [[starts[i] + min(t, lens[i] - 1) for t in range(T)] for i in rows]
-        pages = [p for i in rows for p in (block_tables[i] + [0] * width)[:width]]
-        layout = AttentionLayout(torch.tensor(q_pos, device=dev), torch.arange(width * self.page_size, device=dev),
-                                 torch.tensor([starts[i] + lens[i] for i in rows], device=dev))
-        tensor = functools.partial(torch.tensor, dtype=torch.long, device=dev)
-        return _Group((len(rows), T), tensor(queries), tensor(kept), tensor([queries[j] for j in kept]),
-                      tensor(pages), layout, everything=T == 1 and len(rows) == offsets[-1])
+        q_pos = tensor([starts[i] + min(t, lens[i] - 1) for i in rows for t in range(T)]).view(len(rows), T)
+        return _Group((len(rows), T), tensor(queries), tensor(kept), tensor([queries[j] for j in kept]), pages,
+                      AttentionLayout(q_pos, k_pos, context), None)
 
     def _prepared(self):
         if self._step is None:
@@ -98,14 +108,21 @@ class PagedKVCache:
         _, slots, _, groups = self._prepared()
         pages = self.pages[layer]
         n_pages, ps, _, n_kv, D = pages.shape
-        pages.view(n_pages * ps, 2, n_kv, D).index_copy_(0, slots, torch.stack((k[0], v[0]), 1).transpose(0, 2)
-                                                         .to(pages.dtype))       # (N, 2, H_kv, D)
-        if len(groups) == 1 and groups[0].everything:  # every sequence decodes: no query gather, no scatter
-            return self._attend_group(groups[0], q[0].transpose(0, 1)[:, :, None], pages, attend
-                                      ).squeeze(2).transpose(0, 1)[None], None
-        out = torch.empty_like(q[0])                                               # (H, N, D)
+        slot_kv = pages.view(n_pages * ps, 2, n_kv, D)
+        slot_kv[:, 0].index_copy_(0, slots, k[0].transpose(0, 1).to(pages.dtype))   # (N, H_kv, D) each
+        slot_kv[:, 1].index_copy_(0, slots, v[0].transpose(0, 1).to(pages.dtype))
+        out = None
         for g in groups:
             b, T = g.shape
+            if g.first is not None:  # decoding rows: a slice of the packed tokens
+                rows = slice(g.first, g.first + b)
+                og = self._attend_group(g, q[0][:, rows].transpose(0, 1)[:, :, None], pages, attend)  # (b, H, 1, D)
+                if b == q.shape[2]:  # every sequence decodes: the output is this group's
+                    return og.squeeze(2).transpose(0, 1)[None], None
+                out = torch.empty_like(q[0]) if out is None else out               # (H, N, D)
+                out[:, rows] = og.squeeze(2).transpose(0, 1)
+                continue
+            out = torch.empty_like(q[0]) if out is None else out
             qg = q[0].index_select(1, g.queries).view(-1, b, T, D).transpose(0, 1)  # (b, H, T, D)
             og = self._attend_group(g, qg, pages, attend)                           # (b, H, T, D)
             out.index_copy_(1, g.packed, og.transpose(0, 1).reshape(-1, b * T, D).index_select(1, g.kept))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from bloomlib.device import small_step_mode
 from bloomlib.serving.kv_cache import PagedKVCache
 
 
@@ -31,7 +32,6 @@ class ModelRunner:
     def kv_bytes_per_token(self) -> int:
         return self.cache.bytes_per_token
 
-    @torch.inference_mode()
     def forward(self, tokens: list[list[int]], starts: list[int], block_tables: list[list[int]],
                 last_only: bool = True) -> torch.Tensor | list[torch.Tensor]:
         """Sequence i feeds tokens[i] at positions starts[i], starts[i] + 1, ...; its KV for positions
@@ -40,12 +40,18 @@ class ModelRunner:
         lens = [len(t) for t in tokens]
         if min(lens) == 0:
             raise ValueError("every sequence must feed at least one token")
-        self.cache.prepare(starts, lens, block_tables)
-        ids = torch.tensor([[t for seq in tokens for t in seq]], dtype=torch.long, device=self.device)
-        h, _ = self.model.transformer(ids, kv_cache=self.cache, check_ids=False)     # (1, N, d_model)
-        h = h[0]
-        if last_only:
-            h = h[torch.tensor(lens, device=self.device).cumsum(0) - 1]
-        logits = self.model.lm_head(h)
+        order = self.cache.packing_order(lens)
+        self.cache.prepare([starts[i] for i in order], [lens[i] for i in order], [block_tables[i] for i in order])
+        ids = torch.tensor([[t for i in order for t in tokens[i]]], dtype=torch.long, device=self.device)
+        with small_step_mode():
+            h, _ = self.model.transformer(ids, kv_cache=self.cache, check_ids=False)     # (1, N, d_model)
+            h = h[0]
+            if last_only:
+                h = h[torch.tensor([lens[i] for i in order], device=self.device).cumsum(0) - 1]
+            logits = self.model.lm_head(h)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return logits if last_only else list(logits.split(lens))
+        back = sorted(range(len(order)), key=order.__getitem__)  # packed position of sequence i
+        if last_only:
+            return logits[back]
+        per_seq = logits.split([lens[i] for i in order])
+        return [per_seq[j] for j in back]
