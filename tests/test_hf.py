@@ -7,7 +7,7 @@ import torch
 from bloomlib.config import GPTConfig
 from bloomlib.training.data import load_corpus
 from bloomlib.interop.hf import bytes_to_unicode, check_gpt2_layout, export_gpt2, import_gpt2
-from bloomlib.model import GPT, load_course_model
+from bloomlib import GPT, load_course_model
 from bloomlib.tokenizer import ByteBPETokenizer, CharTokenizer
 
 transformers = pytest.importorskip("transformers")
