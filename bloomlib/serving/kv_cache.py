@@ -82,10 +82,11 @@ class PagedKVCache:
         width = max(-(-(starts[i] + lens[i]) // self.page_size) for i in rows)  # pages the longest one reads
         tensor = functools.partial(torch.tensor, dtype=torch.long, device=dev)
         pages = tensor([p for i in rows for p in (block_tables[i] + [0] * width)[:width]])
-        k_pos, context = torch.arange(width * self.page_size, device=dev), tensor([starts[i] + lens[i] for i in rows])
+        k_pos = torch.arange(width * self.page_size, device=dev)
         if T == 1:
-            return _Group((len(rows), 1), None, None, None, pages,
-                          AttentionLayout(tensor([starts[i] for i in rows])[:, None], k_pos, context), rows[0])
+            pos = tensor([starts[i] for i in rows])
+            return _Group((len(rows), 1), None, None, None, pages, AttentionLayout(pos[:, None], k_pos, pos + 1), rows[0])
+        context = tensor([starts[i] + lens[i] for i in rows])
         queries = [offsets[i] + min(t, lens[i] - 1) for i in rows for t in range(T)]  # padding repeats the last
         kept = [j * T + t for j, i in enumerate(rows) for t in range(lens[i])]
         q_pos = tensor([starts[i] + min(t, lens[i] - 1) for i in rows for t in range(T)]).view(len(rows), T)

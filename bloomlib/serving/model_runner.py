@@ -50,8 +50,7 @@ class ModelRunner:
                 h = h[torch.tensor([lens[i] for i in order], device=self.device).cumsum(0) - 1]
             logits = self.model.lm_head(h)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        back = sorted(range(len(order)), key=order.__getitem__)  # packed position of sequence i
         if last_only:
-            return logits[back]
+            return logits if order == sorted(order) else logits[torch.tensor(order).argsort()]
         per_seq = logits.split([lens[i] for i in order])
-        return [per_seq[j] for j in back]
+        return [per_seq[j] for j in sorted(range(len(order)), key=order.__getitem__)]
