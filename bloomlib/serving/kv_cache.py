@@ -11,8 +11,8 @@ then the model's own blocks run over it, calling the two methods of the cache in
   attend(layer, q, k, v, attend)  -> stores k, v in the sequences' slots, then, for each group of sequences,
                                      gathers their pages and calls the model's own `attend` with an
                                      AttentionLayout that says where every query and key sits.
-Decoding sequences (one query each) and prefilling ones form separate groups, so that one long prompt does
-not pad every decode query to its length.
+Decoding sequences (one query each, packed first) and prefilling ones form separate groups, so that one long
+prompt does not pad every decode query to its length.
 """
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ from bloomlib.attention import AttentionLayout
 class _Group:
     """Some sequences of a step, their queries padded to T each."""
 
-    shape: tuple[int, int]      # (b, T)
-    queries: torch.Tensor | None  # (b * T,) index of each padded query among the packed tokens
-    kept: torch.Tensor | None     # (n,) the real queries among the b * T ...
-    packed: torch.Tensor | None   # (n,) ... and where each sits among the packed tokens (None when leading)
-    pages: torch.Tensor         # (b * max_pages,) page ids, row by row (padding entries are never visible)
+    shape: tuple[int, int]          # (b, T)
+    queries: torch.Tensor | None    # (b * T,) index of each padded query among the packed tokens
+    kept: torch.Tensor | None       # (n,) the real queries among the b * T ...
+    packed: torch.Tensor | None     # (n,) ... and where each sits among the packed tokens
+    pages: torch.Tensor             # (b * max_pages,) page ids, row by row (padding entries are never visible)
     layout: AttentionLayout
-    first: int | None           # for decoding rows (one query each, packed together): their first packed token,
-                                # so that their queries and outputs are a slice, not an index
+    first: int | None               # decoding rows (one query each, packed together): their first packed token,
+                                    # so their queries and outputs are a slice (and the three indexes are None)
 
 
 class PagedKVCache:
