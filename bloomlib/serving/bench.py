@@ -231,16 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput ({th['requests']} requests, {th['output_tokens']} output tokens), tokens/s:")
     print(f"  one at a time      {th['one_at_a_time_tok_s']:8.1f}")
     for c in (8, 32):
-        print(f"  static {c:2d} / continuous {c:2d}  {th[f'static_{c}_tok_s']:8.1f} / {th[f'continuous_{c}_tok_s']:8.1f}")
+        static, continuous = th[f"static_{c}_tok_s"], th[f"continuous_{c}_tok_s"]
+        print(f"  static {c:2d} / continuous {c:2d}  {static:8.1f} / {continuous:8.1f}")
     print(f"  continuous 32 vs one at a time: {th['continuous_32_vs_one_at_a_time']:.2f}x, "
           f"vs static 32: {th['continuous_32_vs_static_32']:.2f}x")
     hf = report["vs_transformers"]
     if hf is None:
         print("transformers comparison skipped: install the hf extra (pip install -e '.[hf]')")
     else:
-        print(f"{hf['requests']} requests at once: engine {hf['engine_tok_s']:.1f} tokens/s, transformers' static batch "
-              f"{hf['transformers_static_batch_tok_s']:.1f} ({hf['engine_vs_transformers']:.2f}x), identical greedy "
-              f"tokens in {hf['identical_greedy_requests']}/{hf['requests']}")
+        print(f"{hf['requests']} requests at once: engine {hf['engine_tok_s']:.1f} tokens/s, transformers' static "
+              f"batch {hf['transformers_static_batch_tok_s']:.1f} ({hf['engine_vs_transformers']:.2f}x), identical "
+              f"greedy tokens in {hf['identical_greedy_requests']}/{hf['requests']}")
     kv = report["kv_memory"]
     print(f"KV memory held by live tokens (KV block size {kv['kv_block_size']}): paged {kv['paged_utilization']:.1%}, "
           f"contiguous preallocation {kv['contiguous_utilization']:.1%}")

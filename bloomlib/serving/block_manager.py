@@ -1,7 +1,7 @@
 """Paged KV memory bookkeeping (vLLM's PagedAttention, nano-vllm's BlockManager).
 
-The KV cache is one pool of `num_blocks` blocks of `kv_block_size` token slots (EngineConfig.kv_block_size; not the model's
-context window, GPTConfig.block_size) per layer. A sequence owns a
+The KV cache is one pool of `num_blocks` blocks of `kv_block_size` token slots per layer
+(EngineConfig.kv_block_size; not the model's context window, GPTConfig.block_size). A sequence owns a
 *block table*: the ids of its blocks in order, so token position p lives in slot
 `block_table[p // kv_block_size] * kv_block_size + p % kv_block_size`. Only the last block of a sequence is ever
 partly empty, so at most kv_block_size - 1 slots per sequence are wasted.

@@ -85,7 +85,8 @@ class PagedKVCache:
         k_pos = torch.arange(width * self.page_size, device=dev)
         if T == 1:
             pos = tensor([starts[i] for i in rows])
-            return _Group((len(rows), 1), None, None, None, pages, AttentionLayout(pos[:, None], k_pos, pos + 1), rows[0])
+            layout = AttentionLayout(pos[:, None], k_pos, pos + 1)
+            return _Group((len(rows), 1), None, None, None, pages, layout, rows[0])
         context = tensor([starts[i] + lens[i] for i in rows])
         queries = [offsets[i] + min(t, lens[i] - 1) for i in rows for t in range(T)]  # padding repeats the last
         kept = [j * T + t for j, i in enumerate(rows) for t in range(lens[i])]

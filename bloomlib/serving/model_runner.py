@@ -51,6 +51,6 @@ class ModelRunner:
             logits = self.model.lm_head(h)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if last_only:
-            return logits if order == sorted(order) else logits[torch.tensor(order).argsort()]
+            return logits if order == sorted(order) else logits[torch.tensor(order, device=self.device).argsort()]
         per_seq = logits.split([lens[i] for i in order])
         return [per_seq[j] for j in sorted(range(len(order)), key=order.__getitem__)]
