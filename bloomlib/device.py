@@ -76,8 +76,9 @@ def small_step_mode() -> contextlib.AbstractContextManager:
     """For loops of tiny steps (one token at a time): inference mode, and oneDNN off for the loop only.
 
     On a CPU, torch sends exact GELU on a contiguous float32 tensor to oneDNN, whose per-call set-up costs
-    several times what a GELU over a few hundred values does (measured: 0.61 -> 0.54 ms per generated token of
-    the course model at batch 1, 2.7 -> 2.1 ms at batch 8, results equal to float rounding). The switch is
+    several times what a GELU over a few hundred values does (measured on 2 CPU cores, best of three alternating
+    runs: 0.43 -> 0.39 ms per token of the course model at batch 1, 0.77 -> 0.73 ms at batch 8; results equal
+    to float rounding). The switch is
     process-wide, so it is torch's own scoped one, touching `enabled` alone and restored on exit, even on an
     error; inference mode is local to the thread.
     """
