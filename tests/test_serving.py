@@ -102,6 +102,28 @@ def test_batched_greedy_equals_one_at_a_time_with_random_arrivals_and_preemption
         assert one_at_a_time.generate(p, SamplingParams(temperature=0, max_tokens=n))[0].token_ids == ref
 
 
+def test_a_change_to_the_block_is_served_at_once(monkeypatch):
+    """The engine runs the model's own Block: change what a block computes (here, its output is damped) and the
+    served greedy tokens follow GPT.generate's new ones, with nothing in serving/ told about it."""
+    from bloomlib.blocks import Block
+
+    model = tiny_gpt("rope", n_kv_head=1)
+    prompts = [[1, 2, 3, 4, 5], [9, 8, 7]]
+    before = [reference(model, p, 10) for p in prompts]
+    forward = Block.forward
+
+    def damped(self, x, **kw):
+        out, weights = forward(self, x, **kw)
+        return 0.5 * out + 0.5 * x, weights
+
+    monkeypatch.setattr(Block, "forward", damped)
+    after = [reference(model, p, 10) for p in prompts]
+    assert after != before
+    outs = LLM(model, config=EngineConfig(kv_block_size=4)).generate(prompts, SamplingParams(temperature=0,
+                                                                                              max_tokens=10))
+    assert [o.token_ids for o in outs] == after
+
+
 @pytest.mark.parametrize("over", [dict(prenorm=False, norm="rmsnorm", ffn="swiglu", bias=False, tie_weights=False),
                                   dict(sliding_window=6, pos_encoding="rope", n_kv_head=1)])
 def test_other_architectures_match_generate(over):
