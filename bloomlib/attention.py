@@ -328,9 +328,9 @@ class MultiHeadAttention(nn.Module):
         elif alibi is not None:
             b = alibi_bias(alibi, n_q, n_k).to(q.dtype)
             bias = b if bias is None else bias + b
-        return self._attend(q, k, v, mask, bias, causal, window, need_weights, empty_rows=layout is None)
+        return self._attend(q, k, v, mask, bias, causal, window, need_weights)
 
-    def _attend(self, q, k, v, mask, bias, causal, window, need_weights, empty_rows=True):
+    def _attend(self, q, k, v, mask, bias, causal, window, need_weights):
         n_q, n_k = q.shape[2], k.shape[2]
         dropout = self.dropout if self.training else 0.0
         if need_weights or self.backend == "math":
