@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from bloomlib.blocks import make_norm
 from bloomlib.config import GPTConfig
 from bloomlib.model import Transformer, _init_weights
-from bloomlib.sampling import check_sampling_args, sample_next_token
+from bloomlib.sampling import check_sampling_args, draw_next_token
 
 
 class Encoder(nn.Module):
@@ -123,7 +123,7 @@ class EncoderDecoder(nn.Module):
         for _ in range(max_new_tokens):
             step_in = tgt[:, cache.length:] if use_cache else tgt
             logits = self.decode(step_in, memory, src_mask, kv_cache=cache)[:, -1]
-            nxt = sample_next_token(logits.float(), temperature, top_k, top_p, generator)
+            nxt = draw_next_token(logits.float(), temperature, top_k, top_p, generator)  # arguments checked above
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
