@@ -102,6 +102,23 @@ def test_batched_greedy_equals_one_at_a_time_with_random_arrivals_and_preemption
         assert one_at_a_time.generate(p, SamplingParams(temperature=0, max_tokens=n))[0].token_ids == ref
 
 
+def test_runner_returns_logits_in_the_callers_order_whatever_the_packing():
+    """A prefilling sequence given before a decoding one is packed after it; the logits come back in the
+    caller's order, equal to the model's own forward pass."""
+    from bloomlib.serving import ModelRunner
+
+    model = tiny_gpt("learned")
+    runner = ModelRunner(model, num_pages=8, page_size=4)
+    b, a = [1, 2, 3, 4], [5, 6, 7, 8, 9]
+    runner.forward([b[:3]], [0], [[0, 1]])
+    logits = runner.forward([a, b[3:]], [0, 3], [[2, 3], [0, 1]])
+    with torch.no_grad():
+        ref = torch.stack([model(torch.tensor([a]))[0, -1], model(torch.tensor([b]))[0, -1]])
+    torch.testing.assert_close(logits, ref)
+    full = runner.forward([[10, 11]], [0], [[4]], last_only=False)[0]
+    torch.testing.assert_close(full, model(torch.tensor([[10, 11]]))[0].detach())
+
+
 def test_a_change_to_the_block_is_served_at_once(monkeypatch):
     """The engine runs the model's own Block: change what a block computes (here, its output is damped) and the
     served greedy tokens follow GPT.generate's new ones, with nothing in serving/ told about it."""

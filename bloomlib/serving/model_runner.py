@@ -50,7 +50,8 @@ class ModelRunner:
                 h = h[torch.tensor([lens[i] for i in order], device=self.device).cumsum(0) - 1]
             logits = self.model.lm_head(h)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        back = sorted(range(len(order)), key=order.__getitem__)  # where sequence i sits in the packing
         if last_only:
-            return logits if order == sorted(order) else logits[torch.tensor(order, device=self.device).argsort()]
+            return logits if back == sorted(back) else logits[torch.tensor(back, device=self.device)]
         per_seq = logits.split([lens[i] for i in order])
-        return [per_seq[j] for j in sorted(range(len(order)), key=order.__getitem__)]
+        return [per_seq[j] for j in back]
