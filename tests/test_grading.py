@@ -1,7 +1,8 @@
 """The exercise pipeline: release (solutions/ -> exercises/) and `bloomlib grade`.
 
-Wrong answers are graded in one kernel: a synthetic source notebook repeats a question's answer and
-test cells once per mutant (grade ids suffixed ``~k``), so one grading run checks every mistake.
+Wrong answers are graded in one kernel (tests/grading_harness.py): a synthetic source notebook repeats a
+question's answer and test cells once per mutant (grade ids suffixed ``~k``), so one grading run checks every
+mistake.
 """
 from __future__ import annotations
 
@@ -10,29 +11,17 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import nbformat
 import pytest
 
+import grading_harness as harness
 from bloomlib.course import grading
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "solutions" / "03_apply.ipynb"
 EXERCISE = REPO / "exercises" / "03_apply.ipynb"
-
-
-def _gid(cell) -> str | None:
-    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-
-
-def _is_answer(cell) -> bool:
-    return bool(cell.get("metadata", {}).get("nbgrader", {}).get("solution"))
-
-
-def _solution_code(cell) -> str:
-    return "\n".join(l for l in cell.source.splitlines() if "### BEGIN SOLUTION" not in l and "### END SOLUTION" not in l)
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +34,6 @@ def exercise():
     return nbformat.read(EXERCISE, as_version=4)
 
 
-def _questions(source) -> dict[str, list[str]]:
-    """answer grade_id -> the grade_ids of the test cells that follow it."""
-    out, current = {}, None
-    for c in source.cells:
-        if _is_answer(c):
-            current = _gid(c)
-            out[current] = []
-        elif c.get("metadata", {}).get("nbgrader", {}).get("grade") and current:
-            out[current].append(_gid(c))
-    return out
-
-
-def _fill(exercise, source, answers: dict[str, str] | None = None):
-    """The exercise with every answer written: the solution's code unless ``answers`` gives another."""
-    sol = {_gid(c): _solution_code(c) for c in source.cells if _is_answer(c)}
-    nb = copy.deepcopy(exercise)
-    for c in nb.cells:
-        if _is_answer(c):
-            c.source = (answers or {}).get(_gid(c), sol[_gid(c)])
-    return nb
-
-
 # ---------------------------------------------------------------------------------------------- release
 def test_exercises_are_up_to_date():
     stale = grading.release(check=True)
@@ -74,12 +41,12 @@ def test_exercises_are_up_to_date():
 
 
 def test_release_strips_solutions_and_hidden_tests(source, exercise):
-    assert [_gid(c) for c in exercise.cells] == [_gid(c) for c in source.cells]
+    assert [harness.gid(c) for c in exercise.cells] == [harness.gid(c) for c in source.cells]
     text = "\n".join(c.source for c in exercise.cells)
     for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "__module__", "math.sqrt"):
         assert marker not in text
     code = "\n".join(c.source for c in exercise.cells if c.cell_type == "code")
-    assert code.count("raise NotImplementedError()") == sum(_is_answer(c) for c in source.cells) + 1  # heads: 2
+    assert code.count("raise NotImplementedError()") == sum(harness.is_answer(c) for c in source.cells) + 1  # heads: 2
     for c in exercise.cells:
         assert c.cell_type != "code" or (c.outputs == [] and c.execution_count is None)
 
@@ -88,7 +55,7 @@ def test_notebooks_do_not_import_bloomlib(source, exercise):
     for nb in (source, exercise):
         for c in nb.cells:
             if c.cell_type == "code":
-                assert "bloomlib" not in c.source, _gid(c)
+                assert "bloomlib" not in c.source, harness.gid(c)
 
 
 def test_release_detects_a_stale_exercise(tmp_path, source):
@@ -97,7 +64,7 @@ def test_release_detects_a_stale_exercise(tmp_path, source):
     assert grading.release(tmp_path / "sol", tmp_path / "ex") == [tmp_path / "ex" / SOURCE.name]
     assert grading.release(tmp_path / "sol", tmp_path / "ex", check=True) == []
     changed = copy.deepcopy(source)
-    next(c for c in changed.cells if _gid(c) == "test_causal_mask").source += "\nassert True"
+    next(c for c in changed.cells if harness.gid(c) == "test_causal_mask").source += "\nassert True"
     nbformat.write(changed, tmp_path / "sol" / SOURCE.name)
     assert grading.release(tmp_path / "sol", tmp_path / "ex", check=True) == [tmp_path / "ex" / SOURCE.name]
 
@@ -150,19 +117,13 @@ def test_installed_without_a_checkout_says_to_pass_the_solutions_folder(tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- grading
-def _cut(nb, keep: set[str]):
-    nb = copy.deepcopy(nb)
-    nb.cells = [c for c in nb.cells if _gid(c) in keep]
-    return nb
-
-
 def test_cli_json_unactivated_with_solutions_dir(tmp_path, source, exercise):
     """The console script with PATH lacking the venv, --solutions and --json, on a cut-down notebook."""
     keep = {"setup", "causal_mask", "test_causal_mask", "heads", "test_split_heads", "test_merge_heads"}
     (tmp_path / "sol").mkdir()
-    nbformat.write(_cut(source, keep), tmp_path / "sol" / SOURCE.name)
-    blank = next(c.source for c in exercise.cells if _gid(c) == "causal_mask")
-    nbformat.write(_cut(_fill(exercise, source, {"causal_mask": blank}), keep), tmp_path / SOURCE.name)
+    nbformat.write(harness.cut(source, keep), tmp_path / "sol" / SOURCE.name)
+    blank = next(c.source for c in exercise.cells if harness.gid(c) == "causal_mask")
+    nbformat.write(harness.cut(harness.fill(exercise, source, {"causal_mask": blank}), keep), tmp_path / SOURCE.name)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = "/usr/bin:/bin"
     bloomlib = Path(sys.executable).parent / "bloomlib"
@@ -180,17 +141,17 @@ def test_tampered_or_deleted_tests_do_not_raise_a_score(source, exercise):
     keep = {"setup", "causal_mask", "test_causal_mask", "scaled_dot_product_attention", "test_attention_no_mask",
             "test_attention_mask", "test_attention_fully_masked"}
     wrong = "def causal_mask(seq_len):\n    return torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)"
-    sub = _cut(_fill(exercise, source, {"causal_mask": wrong}), keep)
+    sub = harness.cut(harness.fill(exercise, source, {"causal_mask": wrong}), keep)
     for c in sub.cells:
-        if _gid(c) == "test_causal_mask":
+        if harness.gid(c) == "test_causal_mask":
             c.source, c.metadata.nbgrader["points"] = "pass", 100
-        if _gid(c) == "test_attention_mask":
+        if harness.gid(c) == "test_attention_mask":
             c.source = "assert True"
-    sub.cells = [c for c in sub.cells if _gid(c) != "test_attention_no_mask"]  # deleted
+    sub.cells = [c for c in sub.cells if harness.gid(c) != "test_attention_no_mask"]  # deleted
     bonus = nbformat.v4.new_code_cell("pass", metadata={"nbgrader": {"grade": True, "grade_id": "bonus", "points": 50,
                                                                     "locked": True, "solution": False}})
     sub.cells.append(bonus)
-    result = grading.grade_notebook(sub, source=_cut(source, keep))
+    result = grading.grade_notebook(sub, source=harness.cut(source, keep))
     assert {q["id"]: q["score"] for q in result["questions"]} == {
         "test_causal_mask": 0, "test_attention_no_mask": 1, "test_attention_mask": 1, "test_attention_fully_masked": 1}
     assert result["max_score"] == 4 and result["score"] == 3
@@ -210,9 +171,9 @@ def test_answers_keep_their_place_when_an_editor_drops_nbgrader_metadata(source,
     """Cells matched by Jupyter cell id when the nbgrader metadata is gone: the answers are graded in order."""
     keep = {"setup", "causal_mask", "test_causal_mask", "heads", "test_split_heads", "test_merge_heads"}
     wrong = "def causal_mask(seq_len):\n    return torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)"
-    sub = _strip_nbgrader(_cut(_fill(exercise, source, {"causal_mask": wrong}), keep))
-    assert not any(_gid(c) for c in sub.cells)
-    result = grading.grade_notebook(sub, source=_cut(source, keep))
+    sub = _strip_nbgrader(harness.cut(harness.fill(exercise, source, {"causal_mask": wrong}), keep))
+    assert not any(harness.gid(c) for c in sub.cells)
+    result = grading.grade_notebook(sub, source=harness.cut(source, keep))
     assert {q["id"]: q["score"] for q in result["questions"]} == {
         "test_causal_mask": 0, "test_split_heads": 1, "test_merge_heads": 1}
     assert "mask polarity inverted" in result["questions"][0]["feedback"]
@@ -220,7 +181,7 @@ def test_answers_keep_their_place_when_an_editor_drops_nbgrader_metadata(source,
 
 def test_notebook_without_metadata_or_cell_ids_is_a_clear_error(tmp_path, source, exercise, capsys):
     """Nothing to match answers by: refuse with a message instead of grading the answers as missing."""
-    sub = _strip_nbgrader(_fill(exercise, source), cell_ids=True)
+    sub = _strip_nbgrader(harness.fill(exercise, source), cell_ids=True)
     with pytest.raises(ValueError, match="nbgrader metadata and cell ids are gone"):
         grading.assemble(sub, source)
     nbformat.write(sub, tmp_path / SOURCE.name)
@@ -251,8 +212,8 @@ def test_endless_loop_crash_and_syntax_error_cost_only_their_answer():
     answers = {"loop": "def loop():\n    while True:\n        pass", "add": "def add():\n    return BASE + 2",
                "syntax": "def syntax(:\n    return 3", "late": "import os\ndef late():\n    return add()"}
     for c in sub.cells:
-        if _gid(c) in answers:
-            c.source = answers[_gid(c)]
+        if harness.gid(c) in answers:
+            c.source = answers[harness.gid(c)]
     crash = nbformat.v4.new_code_cell("import os\nos._exit(1)")  # the learner's own cell kills the kernel
     sub.cells.insert(5, crash)
     result = grading.grade_notebook(sub, source=src, timeout=3)
@@ -408,113 +369,50 @@ MISTAKES = [
 ]
 
 
-def _suffixed(cell, suffix):
-    cell = copy.deepcopy(cell)
-    if _gid(cell):
-        cell.metadata.nbgrader["grade_id"] = f"{_gid(cell)}~{suffix}"
-    return cell
-
-
 @pytest.fixture(scope="module")
 def graded(source, exercise, tmp_path_factory):
-    """One grading run in one kernel, four parts: the untouched exercise (ids ``~blank``); the solution's
-    answers against the exercise's visible tests only (``~visible``) and against all tests (plain ids);
-    then each mistake in its own copy of its question (ids ``~k``)."""
+    """One grading run in one kernel (see grading_harness): blank, visible, solution, each mistake."""
     lib = tmp_path_factory.mktemp("fakelib")
     (lib / "fakelib.py").write_text("import torch\n\n\ndef causal_mask(n):\n"
                                     "    return torch.ones(n, n, dtype=torch.bool).tril()\n")
-    cells = {_gid(c): c for c in source.cells if _gid(c)}
-    questions = _questions(source)
-    path = nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(lib)!r})")
-    filled = _fill(exercise, source)
-    src_cells = [_suffixed(c, "blank") for c in source.cells] + [_suffixed(c, "visible") for c in exercise.cells]
-    sub_cells = [_suffixed(c, "blank") for c in exercise.cells] + [_suffixed(c, "visible") for c in filled.cells]
-    src_cells += copy.deepcopy(source.cells) + [path]
-    sub_cells += filled.cells + [path]
-    correct = "\n\n".join(_solution_code(cells[a]) for a in ("causal_mask", "scaled_dot_product_attention"))
-    for k, (answer, code, _, _) in enumerate(MISTAKES):
-        if answer == "padded_causal_attention":  # it calls the learner's causal_mask and attention: make them right
-            src_cells.append(nbformat.v4.new_code_cell(correct))
-            sub_cells.append(nbformat.v4.new_code_cell(correct))
-        for gid in [answer] + questions[answer]:
-            src_cells.append(_suffixed(cells[gid], k))
-            sub_cells.append(_suffixed(cells[gid], k))
-            if gid == answer:
-                sub_cells[-1].source = textwrap.dedent(code).strip()
-    src_cells, sub_cells = copy.deepcopy(src_cells), copy.deepcopy(sub_cells)
-    for cell_list in (src_cells, sub_cells):  # copies of one cell would share an id (nbformat warns)
-        for i, cell in enumerate(cell_list):
-            cell["id"] = f"cell-{i}"
-    src = nbformat.v4.new_notebook(cells=src_cells, metadata=source.metadata)
-    sub = nbformat.v4.new_notebook(cells=sub_cells, metadata=source.metadata)
-    return {q["id"]: q for q in grading.grade_notebook(sub, source=src, timeout=120)["questions"]}
+    # padded_causal_attention calls the learner's causal_mask and attention: make them right
+    return harness.grade_variants(source, exercise, MISTAKES, extra_code=f"import sys\nsys.path.insert(0, {str(lib)!r})",
+                                  needs={"padded_causal_attention": ["causal_mask", "scaled_dot_product_attention"]})
 
 
 def test_solution_scores_full_marks(graded, source):
-    tests = [t for ts in _questions(source).values() for t in ts]
-    assert [graded[t] for t in tests if graded[t]["score"] != graded[t]["max_score"] or graded[t]["feedback"]] == []
-    assert sum(graded[t]["max_score"] for t in tests) == 13
+    harness.assert_full_marks(graded, source)
+    assert sum(graded[t]["max_score"] for t in harness.graded_test_ids(source)) == 13
 
 
 def test_solution_passes_the_visible_tests_alone(graded, source):
     """The exercise's visible tests run without the hidden parts (no name defined only in a hidden block)."""
-    for t in [t for ts in _questions(source).values() for t in ts]:
-        q = graded[f"{t}~visible"]
-        assert q["score"] == q["max_score"] and q["feedback"] == "", q
+    harness.assert_full_marks(graded, source, suffix="~visible")
 
 
 def test_untouched_exercise_scores_zero(graded, source):
-    for t in [t for ts in _questions(source).values() for t in ts]:
-        q = graded[f"{t}~blank"]
-        assert q["score"] == 0 and q["feedback"] == "NotImplementedError: this answer is not written yet", q
+    harness.assert_blank_scores_zero(graded, source)
 
 
-@pytest.mark.parametrize("mistake", MISTAKES, ids=[f"{m[0]}:{m[3][:30]}" for m in MISTAKES])
-def test_mistake_loses_points_with_named_feedback(mistake, graded):
-    q = graded[f"{mistake[2]}~{MISTAKES.index(mistake)}"]
-    assert q["score"] < q["max_score"], q
-    assert mistake[3] in q["feedback"], q["feedback"]
+@pytest.mark.parametrize("k", range(len(MISTAKES)), ids=[f"{m[0]}:{m[3][:30]}" for m in MISTAKES])
+def test_mistake_loses_points_with_named_feedback(k, graded):
+    harness.assert_mistake_loses_points(graded, MISTAKES, k)
 
 
 def test_feedback_never_shows_hidden_test_source(graded, source):
-    hidden = grading.hidden_lines(source)
-    assert len(hidden) > 50
+    harness.assert_no_hidden_source(graded, source, more_than=50)
     leak = graded[f"test_causal_mask~{[m[1] for m in MISTAKES].index(LEAK)}"]
     assert "[hidden test]" in leak["feedback"] and ".tril()), f" not in leak["feedback"]
-    for q in graded.values():
-        assert "Traceback" not in q["feedback"] and "BEGIN HIDDEN" not in q["feedback"]
-        for line in hidden:
-            assert line not in q["feedback"], q
 
 
 # ------------------------------------------------------------------------------- nbgrader course, e2e
 @pytest.mark.slow
 def test_standard_nbgrader_course_end_to_end(tmp_path, source, exercise):
     """generate_assignment gives our exercise; autograde + export score a submission as `bloomlib grade` does."""
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    nbgrader = [str(Path(sys.executable).parent / "nbgrader")]
-    (tmp_path / "nbgrader_config.py").write_text(
-        'c = get_config()\nc.CourseDirectory.course_id = "transformers"\n'
-        'c.CourseDirectory.db_students = [dict(id="student")]\nc.Execute.timeout = 120\n')
-    (tmp_path / "source" / "03_apply").mkdir(parents=True)
-    nbformat.write(source, tmp_path / "source" / "03_apply" / SOURCE.name)
-
-    def run(*args):
-        proc = subprocess.run(nbgrader + list(args), cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-
-    run("db", "student", "add", "student")
-    run("generate_assignment", "03_apply", "--force")
-    released = nbformat.read(tmp_path / "release" / "03_apply" / SOURCE.name, as_version=4)
+    released = harness.nbgrader_release(tmp_path, SOURCE)
     assert grading.normalize(released) == grading.normalize(exercise)
-    submission = _fill(released, source, {"heads": _heads(merge="x.reshape(B, T, H * hd)")})
-    (tmp_path / "submitted" / "student" / "03_apply").mkdir(parents=True)
-    nbformat.write(submission, tmp_path / "submitted" / "student" / "03_apply" / SOURCE.name)
-    run("autograde", "03_apply", "--force")
-    run("export", "--to", str(tmp_path / "grades.csv"))
-    rows = (tmp_path / "grades.csv").read_text().splitlines()
-    header, row = rows[0].split(","), rows[1].split(",")
+    submission = harness.fill(released, source, {"heads": _heads(merge="x.reshape(B, T, H * hd)")})
+    raw_score, max_score = harness.nbgrader_autograde(tmp_path, SOURCE, submission)
     ours = grading.grade_notebook(submission, source=SOURCE)
-    assert float(row[header.index("raw_score")]) == ours["score"] == ours["max_score"] - 1
-    assert float(row[header.index("max_score")]) == ours["max_score"]
+    assert raw_score == ours["score"] == ours["max_score"] - 1
+    assert max_score == ours["max_score"]
