@@ -1,10 +1,12 @@
 """Drive JupyterLab in headless Chromium: start a server, restart-and-run-all a notebook, report what a
-learner would see (error outputs, widgets that never answer, figures and BertViz views that do not render).
+learner would see (error outputs, widgets that never answer, figures and BertViz views that do not render);
+or answer a notebook's first Prediction as a learner would (`answer_prediction`).
 
 Used by test_browser.py; runnable alone for a quick look: `python tests/browser/labdriver.py NB.ipynb ...`.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -141,7 +143,8 @@ JS_READY = f"""(path) => {{
   return !!(w && w.context.isReady && w.sessionContext.session && w.sessionContext.session.kernel
             && w.sessionContext.session.kernel.status === 'idle');
 }}"""
-JS_RESTART_RUN_ALL = f"""async (path) => {{  // saved outputs and counts go first, so none can pass for new ones
+# restart-run-all, or restart-and-run-to-selected with cell `upto` selected (cells 0..upto run)
+JS_RESTART_RUN = f"""async ([path, upto]) => {{  // saved outputs and counts go first, so none can pass for new ones
   const w = ({_FIND})(path), commands = window.jupyterapp.commands;
   window.__bl_statuses = [];
   w.sessionContext.statusChanged.connect((_, s) => window.__bl_statuses.push(s));
@@ -149,8 +152,26 @@ JS_RESTART_RUN_ALL = f"""async (path) => {{  // saved outputs and counts go firs
   await commands.execute('notebook:clear-all-cell-outputs');
   const stale = w.content.widgets.filter(c => c.model.type === 'code' && (c.model.executionCount !== null
                                                                           || c.model.outputs.length)).length;
-  commands.execute('notebook:restart-run-all');  // not awaited: it waits on its confirm dialog
+  if (upto !== null) w.content.activeCellIndex = upto;
+  // not awaited: it waits on its confirm dialog
+  commands.execute(upto === null ? 'notebook:restart-run-all' : 'notebook:restart-and-run-to-selected');
   return stale;
+}}"""
+JS_RUN_CELLS = f"""([path, first, last]) => {{  // select cells first..last and run them (no restart)
+  const w = ({_FIND})(path);
+  window.jupyterapp.shell.activateById(w.id);
+  w.content.deselectAll();
+  w.content.activeCellIndex = first;
+  w.content.extendContiguousSelectionTo(last);
+  window.jupyterapp.commands.execute('notebook:run-cell');  // not awaited: progress is polled
+}}"""
+JS_CELLS_DONE = f"""([path, first, last]) => {{
+  const w = ({_FIND})(path), kernel = w.sessionContext.session && w.sessionContext.session.kernel;
+  const code = w.content.widgets.slice(first, last + 1).filter(c => c.model.type === 'code');
+  const prompts = w.content.widgets.filter(c => c.model.type === 'code')
+    .map(c => (c.node.querySelector('.jp-InputPrompt') || {{}}).textContent || '');
+  return {{status: kernel ? kernel.status : 'none', queued: prompts.filter(p => p.includes('*')).length,
+           pending: code.filter(c => c.model.executionCount === null).length}};
 }}"""
 JS_PROGRESS = f"""(path) => {{
   const w = ({_FIND})(path);
@@ -249,6 +270,8 @@ def _click_widgets(page, path: str) -> tuple[int, list[str]]:
     for n in range(outputs.count()):
         out = outputs.nth(n)
         cell, _ = out.get_attribute("data-bl-widget").split(".")
+        if out.locator(".bloomlib-prediction").count():
+            continue  # run-all revealed it, which locks it: answer_prediction answers one before its reveal
         where = f"cell {cell}: widget"
         questions = out.locator(".widget-radio-box")
         targets = []
@@ -280,36 +303,202 @@ def run_notebook(browser, server: LabServer, path: str, *, timeout: float = 900.
                  screenshot: Path | None = None, interact: bool = True) -> Run:
     """Open `path` (relative to the server root), restart the kernel and run all cells, wait for idle,
     click every widget, and return what the page shows."""
-    start = time.monotonic()
     run = Run(path)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("pageerror", lambda e: run.page_errors.append(str(e)))
-    try:
-        page.goto(server.url(path, "bl" + secrets.token_hex(4)), timeout=120000)
-        page.wait_for_function(JS_READY, arg=path, timeout=120000, polling=250)
-        stale = page.evaluate(JS_RESTART_RUN_ALL, path)
-        if stale:
-            raise RuntimeError(f"{path}: clearing outputs left {stale} cells with an output or execution count")
-        accept = page.locator(".jp-Dialog .jp-mod-accept")
-        accept.wait_for(timeout=30000)
-        accept.click()
-        _wait_done(page, path, timeout)
+    with _page(browser, server, run) as page:
+        _open_and_restart(page, server, path, timeout)
         if interact:
             run.n_clicks, run.clicks = _click_widgets(page, path)
         run.cells = page.evaluate(JS_REPORT, path)
-        if screenshot:  # the whole notebook: a viewport as tall as its content (capped by Chromium's limit)
-            height = page.evaluate("() => Array.from(document.querySelectorAll('.jp-Notebook .jp-Cell'))"
-                                   ".reduce((h, c) => h + c.offsetHeight, 0)")
-            page.set_viewport_size({"width": 1400, "height": max(1000, min(height + 200, 16000))})
-            page.locator(".jp-Notebook .jp-Cell").first.scroll_into_view_if_needed()
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(screenshot))
-            run.screenshot = screenshot
+        run.screenshot = _screenshot(page, screenshot)
+    return run
+
+
+@contextmanager
+def _page(browser, server: LabServer, run: Run):
+    """A fresh page whose errors go to `run`; closed after, with every kernel stopped and the time recorded."""
+    start = time.monotonic()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("pageerror", lambda e: run.page_errors.append(str(e)))
+    try:
+        yield page
     finally:
         page.close()
         server.shutdown_kernels()
         run.seconds = time.monotonic() - start
+
+
+def _open_and_restart(page, server: LabServer, path: str, timeout: float, upto: int | None = None) -> None:
+    """Open `path`, clear its outputs, restart the kernel and run all cells (or cells 0..upto), wait for idle."""
+    page.goto(server.url(path, "bl" + secrets.token_hex(4)), timeout=120000)
+    page.wait_for_function(JS_READY, arg=path, timeout=120000, polling=250)
+    stale = page.evaluate(JS_RESTART_RUN, [path, upto])
+    if stale:
+        raise RuntimeError(f"{path}: clearing outputs left {stale} cells with an output or execution count")
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    accept.wait_for(timeout=30000)
+    accept.click()
+    _wait_done(page, path, timeout)
+
+
+def _screenshot(page, screenshot: Path | None) -> Path | None:
+    """The whole notebook: a viewport as tall as its content (capped by Chromium's limit)."""
+    if not screenshot:
+        return None
+    height = page.evaluate("() => Array.from(document.querySelectorAll('.jp-Notebook .jp-Cell'))"
+                           ".reduce((h, c) => h + c.offsetHeight, 0)")
+    page.set_viewport_size({"width": 1400, "height": max(1000, min(height + 200, 16000))})
+    page.locator(".jp-Notebook .jp-Cell").first.scroll_into_view_if_needed()
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot))
+    return screenshot
+
+
+# --- a Prediction answered as a learner would: run up to it, pick a choice, lock in, run on to its reveal ---
+@dataclass
+class PredictionRun(Run):
+    """A notebook in which the Prediction of cell `cell` was answered in the page and revealed by cell `reveal`."""
+
+    cell: int = -1
+    reveal: int | None = None
+    chosen: str = ""  # the label of the radio button clicked
+    status: str = ""  # the widget's status line after "Lock in"
+    locked: bool = False  # the choices were disabled after "Lock in"
+    printed: str = ""  # the reveal cell's output
+    shown: str = ""  # the widget's result area after the reveal
+    problems: list[str] = field(default_factory=list)  # found before running anything
+
+
+def _tree(source: str) -> ast.Module | None:
+    """The cell's Python, IPython magics and shell lines blanked; None when it does not parse."""
+    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def _creates_choice_prediction(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+    return name == "Prediction" and (len(node.args) >= 2 or any(k.arg == "choices" for k in node.keywords))
+
+
+def _assigned_name(tree: ast.Module) -> str | None:
+    """The name a Prediction with choices is assigned to (`p = Prediction(...)` or `(p := Prediction(...))`)."""
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.Assign, ast.NamedExpr)) and _creates_choice_prediction(n.value):
+            for t in getattr(n, "targets", None) or [n.target]:
+                if isinstance(t, ast.Name):
+                    return t.id
+    return None
+
+
+def _reveals(tree: ast.Module, name: str) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "reveal"
+               and isinstance(n.func.value, ast.Name) and n.func.value.id == name for n in ast.walk(tree))
+
+
+def find_prediction(nb: dict) -> tuple[int, str | None, int | None] | None:
+    """The first code cell that creates a Prediction with choices: (its index, the name it is assigned to,
+    the index of the first later code cell that calls `name.reveal(...)`); None when no cell creates one."""
+    cells = [(i, c, _tree("".join(c["source"]))) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+    for k, (i, _, tree) in enumerate(cells):
+        if tree is None or not any(_creates_choice_prediction(n) for n in ast.walk(tree)):
+            continue
+        name = _assigned_name(tree)
+        reveal = next((j for j, _, later in cells[k + 1:] if name and later and _reveals(later, name)), None)
+        return i, name, reveal
+    return None
+
+
+def _wait_cells(page, path: str, first: int, last: int, timeout: float) -> None:
+    """Wait until cells first..last ran and the kernel sits idle; return early when the run stopped before them
+    (an error: the report says which cell)."""
+    deadline, calm, stopped = time.monotonic() + timeout, 0, 0
+    while time.monotonic() < deadline:
+        p = page.evaluate(JS_CELLS_DONE, [path, first, last])
+        if p["status"] == "dead":
+            raise RuntimeError(f"{path}: the kernel died while running cells {first}..{last}")
+        idle = p["status"] == "idle" and not p["queued"]
+        calm, stopped = (calm + 1 if idle and not p["pending"] else 0), (stopped + 1 if idle and p["pending"] else 0)
+        if calm >= 3 or stopped >= 10:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{path}: cells {first}..{last} still running after {timeout:.0f} s (last progress: {p})")
+
+
+def _text_when(page, locator, condition: str) -> str:
+    """The element's text once the JavaScript `condition` on `el` holds (the kernel answers through the widget's
+    comm, a moment after the cell is done), or as it is after 15 s."""
+    try:
+        page.wait_for_function(f"el => {condition}", arg=locator.element_handle(), timeout=15000)
+    except Exception:  # Playwright's TimeoutError: the text as it stands is reported
+        pass
+    return locator.inner_text()
+
+
+def answer_prediction(browser, server: LabServer, path: str, *, choice: int = 1, timeout: float = 900.0,
+                      screenshot: Path | None = None) -> PredictionRun:
+    """Restart the kernel and run `path` up to its first Prediction with choices (`find_prediction`), click its
+    choice number `choice` and "Lock in", run the cells after it up to its reveal, and return what the page shows."""
+    found = find_prediction(json.loads((server.root / path).read_text()))
+    if found is None:
+        raise ValueError(f"{path}: no code cell creates a Prediction with choices")
+    cell, name, reveal = found
+    run = PredictionRun(path, cell=cell, reveal=reveal)
+    if reveal is None:
+        run.problems.append(f"cell {cell}: its Prediction is never revealed (" + (
+            f"no later cell calls {name}.reveal(...))" if name else "it is not assigned to a name)"))
+        return run
+    with _page(browser, server, run) as page:
+        _open_and_restart(page, server, path, timeout, upto=cell)
+        page.evaluate(JS_MARK_WIDGETS, path)
+        widget = page.locator(f'[data-bl-widget^="{cell}."] .bloomlib-prediction').first
+        widget.wait_for(timeout=30000)
+        radio = widget.locator("input[type=radio]").nth(choice)
+        run.chosen = radio.evaluate("el => el.parentElement.textContent").strip()
+        radio.check()
+        widget.locator("button.jupyter-button", has_text="Lock in").click()
+        run.n_clicks = 2
+        run.status = _text_when(page, widget.locator(".bloomlib-prediction-status"),
+                                "el.innerText.startsWith('Locked in')")
+        run.locked = widget.locator("input[type=radio]").first.is_disabled()
+        page.evaluate(JS_RUN_CELLS, [path, cell + 1, reveal])
+        _wait_cells(page, path, cell + 1, reveal, timeout)
+        run.shown = _text_when(page, widget.locator(".bloomlib-prediction-result"), "el.innerText.trim() !== ''")
+        run.cells = page.evaluate(JS_REPORT, path)
+        run.printed = run.cells[reveal].get("text", "")
+        run.screenshot = _screenshot(page, screenshot)
     return run
+
+
+def prediction_problems(run: PredictionRun) -> list[str]:
+    """What went wrong answering the prediction: errors in the cells run, cells that should (not) have run, a
+    "Lock in" the kernel did not answer, a reveal that does not say what was chosen."""
+    out = list(run.problems)
+    if not run.cells:
+        return out
+    for c in run.code_cells():
+        i = c["index"]
+        if i <= run.reveal and "raises-exception" not in c["tags"]:
+            out += [f"cell {i}: {e['ename']}: {e['evalue']}" for e in _errors(c)]
+        if i <= run.reveal and c["executionCount"] is None and c["source"].strip():
+            out.append(f"cell {i}: never ran (the run stopped before the reveal in cell {run.reveal})")
+        if i > run.reveal and c["executionCount"] is not None:
+            out.append(f"cell {i}: ran, but only the cells up to the reveal in cell {run.reveal} should")
+    expected = f"Locked in: {run.chosen}."
+    if run.status.strip() != expected:
+        out.append(f"cell {run.cell}: after clicking 'Lock in' the status shows {run.status!r}, not {expected!r}")
+    if not run.locked:
+        out.append(f"cell {run.cell}: the choices are still enabled after 'Lock in'")
+    said = f"You chose {run.chosen}:"
+    if said not in run.printed:
+        out.append(f"cell {run.reveal}: the reveal printed {run.printed[-200:]!r}, which does not say {said!r}")
+    if said not in run.shown:
+        out.append(f"cell {run.cell}: the widget's result area shows {run.shown[-200:]!r}, not {said!r}")
+    out += [f"page error: {e}" for e in run.page_errors if any(m in e for m in JS_ERRORS)]
+    return out
 
 
 def _errors(cell: dict) -> list[dict]:

@@ -5,7 +5,9 @@ nbval proves the kernel side; this proves the page: no error output (except cell
 every figure shows as an image, every BertViz view draws its SVG. Notebooks are discovered at run time
 (notebooks/*.ipynb, exercises/*.ipynb) and run on copies, one JupyterLab server for the module, one after
 another. Screenshots go to artifacts/browser/. The two fixture notebooks prove the checks pass on working
-output and report each kind of breakage.
+output and report each kind of breakage. A Prediction is answered in the page as a learner would (run up to it,
+pick a choice, "Lock in", run on to its reveal): in the prediction fixture, and the first one of every lesson
+that has one.
 
 Needs Debian's Chromium (`sudo apt-get install chromium`): skipped without it, failed without it under CI=true.
 """
@@ -28,6 +30,7 @@ ARTIFACTS = REPO / "artifacts" / "browser"
 LESSONS = sorted(REPO.glob("notebooks/*.ipynb"))
 EXERCISES = sorted(REPO.glob("exercises/*.ipynb"))
 TIMEOUT = float(os.environ.get("BLOOMLIB_BROWSER_TIMEOUT", "900"))  # seconds per notebook
+LESSON_PREDICTIONS = [p for p in LESSONS if lab.find_prediction(json.loads(p.read_text()))]
 
 pytestmark = pytest.mark.browser
 
@@ -49,6 +52,12 @@ class Session:
     def run(self, rel: str, name: str, **kwargs) -> lab.Run:
         run = lab.run_notebook(self.browser, self.server, rel, timeout=TIMEOUT,
                                screenshot=ARTIFACTS / f"{name}.png", **kwargs)
+        self.times[name] = (run.seconds, lab.summary(run))
+        return run
+
+    def answer(self, rel: str, name: str, **kwargs) -> lab.PredictionRun:
+        run = lab.answer_prediction(self.browser, self.server, rel, timeout=TIMEOUT,
+                                    screenshot=ARTIFACTS / f"{name}.png", **kwargs)
         self.times[name] = (run.seconds, lab.summary(run))
         return run
 
@@ -111,6 +120,59 @@ def test_fixture_all_checks_fail(session):
         for needle in needles:
             assert any(line.startswith(f"cell {cell}:") and needle in line for line in problems.splitlines()), (
                 f"cell {cell} should be reported with {needle!r}; got:\n{problems}")
+
+
+def test_prediction_fixture_answered_in_the_page(session):
+    """Click a choice and "Lock in"; the reveal, run afterwards, says what was chosen (printed and in the widget)."""
+    run = session.answer("fixtures/prediction.ipynb", "fixture_prediction", choice=2)
+    assert lab.prediction_problems(run) == [], lab.report(run, lab.prediction_problems(run))
+    assert (run.cell, run.reveal, run.chosen) == (1, 3, "8×")
+    assert run.printed.splitlines()[:2] == ["Answer: 4×. You chose 8×: not this time.",
+                                            "Attention compares every pair of tokens: n² pairs."]
+    assert "Answer: 4×. You chose 8×: not this time." in run.shown
+    assert run.cells[4]["executionCount"] is None, "the cell after the reveal should not have run"
+
+
+def test_prediction_fixture_run_all_with_nobody_clicking(session):
+    """Run top to bottom as nbval does: the reveal says nothing was locked in, and the locked widget is not clicked."""
+    run = session.run("fixtures/prediction.ipynb", "fixture_prediction_run_all")
+    assert lab.lesson_problems(run) == [], lab.report(run, lab.lesson_problems(run))
+    assert run.n_clicks == 0, "a revealed (locked) prediction should not be clicked"
+    assert "Answer: 4×. (No prediction was locked in.)" in run.cells[3]["text"]
+
+
+def test_prediction_problems_are_reported():
+    """A run whose kernel never answered: each missing piece is reported."""
+    cells = [{"index": 0, "type": "code", "tags": [], "source": "p = Prediction('?', ['a', 'b'])", "outputs": [],
+              "executionCount": 1},
+             {"index": 1, "type": "code", "tags": [], "source": "p.reveal('a')", "outputs": [], "executionCount": None},
+             {"index": 2, "type": "code", "tags": [], "source": "x = 1", "outputs": [], "executionCount": 3}]
+    run = lab.PredictionRun("nb.ipynb", cells=cells, cell=0, reveal=1, chosen="b", status="", printed="", shown="")
+    problems = "\n".join(lab.prediction_problems(run))
+    for needle in ["cell 1: never ran", "cell 2: ran, but only the cells up to the reveal", "status shows ''",
+                   "choices are still enabled", "cell 1: the reveal printed '', which does not say 'You chose b:'",
+                   "result area shows ''"]:
+        assert needle in problems, f"{needle!r} not reported:\n{problems}"
+
+
+def test_find_prediction_in_notebook_sources():
+    def nb(*sources):
+        return {"cells": [{"cell_type": "code", "source": s} for s in sources]}
+
+    assert lab.find_prediction(nb("x = 1", "p = Prediction('?', tolerance=0.3)")) is None, "numbers are not choices"
+    assert lab.find_prediction(nb("%matplotlib inline\nq = bl.Prediction('?', choices=['a', 'b'])\nq",
+                                  "x = 2", "q.reveal('a')")) == (0, "q", 2)
+    assert lab.find_prediction(nb("display(r := Prediction('?', ['a', 'b']))", "p.reveal('a')")) == (0, "r", None)
+    assert lab.find_prediction(nb("Prediction('?', choices=['a', 'b'])")) == (0, None, None)
+
+
+@pytest.mark.parametrize("nb", LESSON_PREDICTIONS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="no lesson has a Prediction with choices yet (notebooks/*.ipynb)"))],
+    ids=[p.stem for p in LESSON_PREDICTIONS] or ["none"])
+def test_lesson_prediction_answered_in_the_page(session, nb):
+    run = session.answer(f"notebooks/{nb.name}", f"lesson_{nb.stem}_prediction")
+    problems = lab.prediction_problems(run)
+    assert not problems, lab.report(run, problems)
 
 
 @pytest.mark.parametrize("nb", LESSONS, ids=[p.stem for p in LESSONS])
