@@ -116,7 +116,7 @@ def test_graded_cell_that_names_an_unknown_id():
     assert len(problems) == 2, problems
 
 
-@pytest.mark.parametrize("named", ["04.1", [4.1], {"04.1": True}])
+@pytest.mark.parametrize("named", ["04.1", [4.1], {"04.1": True}, [["04.1"]]])
 def test_graded_cell_objectives_must_be_a_list_of_ids(named):
     source = _source(GRADED)
     source.cells[1].metadata["bloomlib"]["objectives"] = named

@@ -77,7 +77,7 @@ def coverage(lesson: NotebookLike, source: NotebookLike) -> dict[str, list[str]]
     out = {o["id"]: [] for o in declared_objectives(lesson) if isinstance(o.get("id"), str)}
     for grade_id, named in graded_cells(source):
         for oid in named if grade_id and isinstance(named, list) else []:
-            if oid in out and grade_id not in out[oid]:
+            if isinstance(oid, str) and oid in out and grade_id not in out[oid]:
                 out[oid].append(grade_id)
     return out
 
