@@ -361,6 +361,22 @@ def test_linear_attention_memory_stays_below_one_score_matrix():
         assert 0 < peak < score_matrix_bytes / 4, (causal, peak)
 
 
+def test_measure_prints_nothing_and_survives_an_error_while_profiled(capfd):
+    calls = []
+
+    def fails_when_profiled():
+        calls.append(1)
+        if len(calls) == 3:  # warmup, one timed run, then the profiled run
+            raise RuntimeError("boom")
+        return torch.ones(10)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        measure(fails_when_profiled, repeats=1)
+    assert measure(lambda: torch.ones(10)).peak_bytes == 40  # the profiler was stopped: a new one starts
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
 def test_measure_arguments():
     with pytest.raises(ValueError, match="callable"):
         measure(42)

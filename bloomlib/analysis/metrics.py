@@ -2,10 +2,13 @@
 attention sinks, and the time and peak memory of a call."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from numbers import Integral
 
 import torch
@@ -167,7 +170,8 @@ def measure(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1,
       * CPU: torch.profiler with profile_memory=True records every allocation and free of torch's CPU allocator
         in order; the peak of their running sum is taken. It counts the bytes tensors request, exactly
         (torch.empty(n) reads 4 n), not the allocator's padding or Python objects. The profiled call is not
-        timed (profiling slows every op).
+        timed (profiling slows every op), and the lines kineto prints on stderr as it starts and stops are
+        dropped (see _kineto_quiet).
     Other devices raise a ValueError. CUDA is synchronised around every timed call when it is in use.
     """
     if not callable(fn):
@@ -227,8 +231,14 @@ def _cpu_peak(fn: Callable[[], object]) -> int:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _kineto_quiet():
+        prof.start()
+    try:
         fn()
+    finally:
+        with _kineto_quiet():
+            prof.stop()
     cpu = (DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP)
     # The raw records, in the order they happened (prof.events() folds them into each op's net total).
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() in cpu]
@@ -237,3 +247,22 @@ def _cpu_peak(fn: Callable[[], object]) -> int:
         running += e.nbytes()
         peak = max(peak, running)
     return peak
+
+
+@contextlib.contextmanager
+def _kineto_quiet() -> Iterator[None]:
+    """File descriptor 2 sent to the null device while the profiler starts or stops, then restored.
+
+    Kineto (torch >= 2.13) writes "USDT:<time> <pid> ... profiler_start" / "profiler_stop" to fd 2 at every
+    start and stop, straight from C++ (a notebook shows it as cell output), and only KINETO_LOG_LEVEL read once
+    per process turns that off. fn itself runs with stderr untouched.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
