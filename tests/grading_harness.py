@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import nbformat
+import pytest
 from nbformat import NotebookNode
 
 from bloomlib.course import grading
@@ -36,6 +37,24 @@ class Accepted(NamedTuple):
     """Another correct answer: every test of its question must give full marks."""
     answer: str
     code: str
+
+
+def notebook_fixtures(source_path: Path, exercise_path: Path):
+    """Module-scoped ``source`` and ``exercise`` fixtures reading these notebooks; assign them to those names."""
+    @pytest.fixture(scope="module")
+    def source() -> NotebookNode:
+        return nbformat.read(source_path, as_version=4)
+
+    @pytest.fixture(scope="module")
+    def exercise() -> NotebookNode:
+        return nbformat.read(exercise_path, as_version=4)
+
+    return source, exercise
+
+
+def variant(template: str, correct: dict[str, object], **changes: object) -> str:
+    """An answer written from ``template``: its fields filled from ``correct`` with ``changes`` applied."""
+    return template.format(**{**correct, **changes})
 
 
 def gid(cell) -> str | None:
@@ -153,12 +172,13 @@ def assert_accepted(graded: dict[str, dict], source: NotebookNode, accepted: lis
 
 def assert_blank_scores_zero(graded: dict[str, dict], source: NotebookNode,
                              feedback: dict[str, str] | None = None) -> None:
-    """The untouched exercise scores 0 on every test, with NOT_WRITTEN as feedback unless ``feedback`` names
-    words the test's own message gives (an answer that is a variable, not a function)."""
+    """The untouched exercise scores 0 on every test, with NOT_WRITTEN as its feedback, or for a test that
+    ``feedback`` names, feedback containing the words given there (an answer that is a variable, not a function)."""
+    feedback = feedback or {}
     for t in graded_test_ids(source):
         q = graded[f"{t}~blank"]
-        words = (feedback or {}).get(t, NOT_WRITTEN)
-        assert q["score"] == 0 and words in q["feedback"], q
+        assert q["score"] == 0, q
+        assert feedback[t] in q["feedback"] if t in feedback else q["feedback"] == NOT_WRITTEN, q
 
 
 def assert_mistake_loses_points(graded: dict[str, dict], mistakes: list[Mistake], k: int) -> None:

@@ -7,6 +7,7 @@ mistake.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -24,14 +25,7 @@ SOURCE = REPO / "solutions" / "03_apply.ipynb"
 EXERCISE = REPO / "exercises" / "03_apply.ipynb"
 
 
-@pytest.fixture(scope="module")
-def source():
-    return nbformat.read(SOURCE, as_version=4)
-
-
-@pytest.fixture(scope="module")
-def exercise():
-    return nbformat.read(EXERCISE, as_version=4)
+source, exercise = harness.notebook_fixtures(SOURCE, EXERCISE)
 
 
 # ---------------------------------------------------------------------------------------------- release
@@ -300,20 +294,10 @@ def causal_mask(seq_len):
 """
 
 
-def _sdpa(**kw):
-    return SDPA.format(**{**SDPA_OK, **kw})
-
-
-def _sin(**kw):
-    return SINUSOID.format(**{**SIN_OK, **kw})
-
-
-def _heads(**kw):
-    return HEADS.format(**{**HEADS_OK, **kw})
-
-
-def _sample(**kw):
-    return SAMPLE.format(**{**SAMPLE_OK, **kw})
+_sdpa = functools.partial(harness.variant, SDPA, SDPA_OK)
+_sin = functools.partial(harness.variant, SINUSOID, SIN_OK)
+_heads = functools.partial(harness.variant, HEADS, HEADS_OK)
+_sample = functools.partial(harness.variant, SAMPLE, SAMPLE_OK)
 
 
 # (answer id, wrong answer, test cell that must lose its points, words its feedback must contain)
