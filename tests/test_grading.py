@@ -61,6 +61,13 @@ def test_release_detects_a_stale_exercise(tmp_path, source):
     next(c for c in changed.cells if harness.gid(c) == "test_causal_mask").source += "\nassert True"
     nbformat.write(changed, tmp_path / "sol" / SOURCE.name)
     assert grading.release(tmp_path / "sol", tmp_path / "ex", check=True) == [tmp_path / "ex" / SOURCE.name]
+    # the objective a graded cell assesses is part of what must match
+    nbformat.write(source, tmp_path / "sol" / SOURCE.name)
+    assert grading.release(tmp_path / "sol", tmp_path / "ex", check=True) == []
+    retagged = copy.deepcopy(source)
+    next(c for c in retagged.cells if harness.gid(c) == "test_causal_mask").metadata["bloomlib"] = {"objectives": ["03.9"]}
+    nbformat.write(retagged, tmp_path / "sol" / SOURCE.name)
+    assert grading.release(tmp_path / "sol", tmp_path / "ex", check=True) == [tmp_path / "ex" / SOURCE.name]
 
 
 def test_unknown_notebook_name_is_a_clear_error(tmp_path, capsys):

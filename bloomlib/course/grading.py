@@ -87,9 +87,11 @@ def release_notebook(nb: NotebookNode) -> NotebookNode:
 
 
 def normalize(nb: NotebookNode) -> list[tuple]:
-    """What must match between a generated exercise and the file on disk: cell types, sources and
-    nbgrader metadata (outputs, execution counts, cell ids and other metadata are ignored)."""
-    return [(c.cell_type, c.source.strip(), json.dumps(_meta(c), sort_keys=True)) for c in nb.cells]
+    """What must match between a generated exercise and the file on disk: cell types, sources, nbgrader metadata
+    and the course's own (`bloomlib`: the objectives a graded cell assesses); outputs, execution counts, cell ids
+    and other metadata are ignored."""
+    return [(c.cell_type, c.source.strip(), json.dumps(_meta(c), sort_keys=True),
+             json.dumps(c.get("metadata", {}).get("bloomlib", {}), sort_keys=True)) for c in nb.cells]
 
 
 def release(solutions_dir: str | Path | None = None, exercises_dir: str | Path | None = None,

@@ -14,7 +14,7 @@ def _widgets():
     try:
         import ipywidgets
     except ImportError as e:
-        raise ImportError("bloomlib.course.quiz needs ipywidgets: pip install ipywidgets (or pip install -e '.[lab]')") from e
+        raise ImportError("the course's widgets need ipywidgets: pip install ipywidgets (or pip install -e '.[lab]')") from e
     return ipywidgets
 
 
