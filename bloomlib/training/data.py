@@ -6,11 +6,12 @@
 - Synthetic tasks (`TASKS`, `make_task`) with exact answers: copy, reverse, sort, addition, key-value
   recall. Each returns a `TaskBatch` ready for a decoder-only model:
   `F.cross_entropy(logits.view(-1, V), batch.targets.view(-1), ignore_index=-100)`.
+  A `TaskSource` hands fresh batches of a task to the training loop in place of a corpus.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -196,3 +197,39 @@ def make_task(name: str, n_samples: int, generator: torch.Generator | None = Non
     if set(kwargs) - allowed:
         raise ValueError(f"task {name!r} has no option(s) {sorted(set(kwargs) - allowed)}; it takes {sorted(allowed)}")
     return TASKS[name](n_samples, generator=generator, **kwargs)
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """Endless batches of a synthetic task, for `bloomlib.training.train.train` in place of a 1-D id tensor.
+
+    `source(batch_size, generator, device)` -> (inputs, targets), each (batch_size, T): make_task(name, batch_size,
+    **options), with option `vary` drawn uniformly from vary_range (inclusive) once per batch, so that a batch has
+    one length. Every batch is fresh, so a training source and a validation source draw from one distribution.
+    """
+
+    name: str
+    options: dict = field(default_factory=dict)
+    vary: str | None = None
+    vary_range: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.vary is None) != (self.vary_range is None):
+            raise ValueError(f"TaskSource: give vary and vary_range together, got vary={self.vary!r}, "
+                             f"vary_range={self.vary_range!r}")
+        r = self.vary_range
+        if r is not None and not (len(r) == 2 and all(isinstance(v, int) for v in r) and 0 < r[0] <= r[1]):
+            raise ValueError(f"TaskSource: vary_range must be ints (low, high) with 0 < low <= high, got {r!r}")
+        for value in self.vary_range or (None,):  # make_task checks the name and options (both ends of the range)
+            make_task(self.name, 1, torch.Generator(), **self.options, **({} if value is None else {self.vary: value}))
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        options = dict(self.options)
+        if self.vary is not None:
+            low, high = self.vary_range
+            options[self.vary] = int(torch.randint(low, high + 1, (1,), generator=generator))
+        batch = make_task(self.name, batch_size, generator=generator, **options)
+        if device is None:
+            return batch.inputs, batch.targets
+        return batch.inputs.to(device), batch.targets.to(device)

@@ -11,6 +11,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +23,10 @@ from bloomlib.training.data import get_batch, load_corpus, train_val_split
 from bloomlib.device import autocast, seed_everything
 
 COURSE_COMMAND = "python -m bloomlib.training.train --preset course --out bloomlib/assets/course_model"
+
+# What the loop trains on: a 1-D id tensor (random windows of it), or a callable (batch_size, generator, device)
+# -> (inputs, targets) such as bloomlib.training.data.TaskSource.
+Data = torch.Tensor | Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -65,26 +70,35 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
 
 
+def draw_batch(data: Data, batch_size: int, seq_len: int, generator: torch.Generator,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets), each (batch_size, T): seq_len-token windows of an id tensor, or a batch of a source."""
+    if callable(data):
+        return data(batch_size, generator, device)
+    return get_batch(data, batch_size, seq_len, generator=generator, device=device)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, seq_len: int, n_batches: int,
+def evaluate(model: nn.Module, data: Data, batch_size: int, seq_len: int, n_batches: int,
              seed: int = 1234) -> float:
-    """Mean loss over n_batches fixed random windows of `data` (the same windows every call)."""
+    """Mean loss over n_batches fixed random batches of `data` (the same batches every call)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(n_batches):
-        x, y = get_batch(data, batch_size, seq_len, generator=gen, device=device)
+        x, y = draw_batch(data, batch_size, seq_len, gen, device)
         with autocast(device):
             losses.append(lm_loss(model(x), y).item())
     model.train(was_training)
     return sum(losses) / len(losses)
 
 
-def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cfg: TrainConfig,
+def train(model: nn.Module, train_data: Data, val_data: Data, cfg: TrainConfig,
           progress: bool = True, log=print) -> dict:
-    """Train `model` on next-token prediction over random windows of `train_data` (1-D LongTensor).
+    """Train `model` on next-token prediction over random windows of `train_data` (1-D LongTensor), or on the
+    batches of a callable source (e.g. a TaskSource; targets of -100 carry no loss).
 
     Returns a history dict: step, lr and loss per step; eval_step, train_loss and val_loss per evaluation.
 
@@ -116,7 +130,7 @@ def train(model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cf
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = get_batch(train_data, cfg.batch_size * world, seq_len, generator=gen, device=device)
+        x, y = draw_batch(train_data, cfg.batch_size * world, seq_len, gen, device)
         if world > 1:  # this rank's slice of the global batch
             rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
             x, y = x[rows], y[rows]
