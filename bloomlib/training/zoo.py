@@ -1,0 +1,202 @@
+"""The course's small trained models (the zoo): a table of checkpoints per lesson, and the command that makes them.
+
+    python -m bloomlib.training.zoo lesson04 --out bloomlib/assets/lesson04 [--only NAME] [--threads N] [--no-progress]
+
+rebuilds a family's checkpoints (seeds and thread count fixed: the same command on the same machine gives the
+same weights) and prints each one's final validation loss and training time. `load_zoo_model(name)` loads a
+shipped one, e.g. load_zoo_model("lesson04/positions/alibi-seed0"); `zoo_model(name)` is its table entry (config,
+training settings, task options) and `corpus_splits()` the token ids the corpus models trained and validated on.
+A family is a tuple of ZooModel in FAMILIES.
+
+lesson04 (Analyze):
+  positions/<enc>-seed<s>  identical 2-layer GPTs on the course corpus (the course model's 512-token BPE) that differ
+                           only in pos_encoding, trained on 64-token windows with a 512-token context window, so
+                           that they can be run at 2-8 x the training length (learned positions past 64 are never
+                           trained: they keep their N(0, 1) initialisation, shrunk only by weight decay).
+  kv_recall                an ALiBi GPT trained on data.kv_recall_task with n_pairs mixed in KV_TRAIN_PAIRS (1-16)
+                           and 64 keys, so that recall can be measured against the distance between the queried
+                           pair and the query, inside the trained range and up to 4 x beyond it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from bloomlib.checkpoint import Checkpoint, load_checkpoint, load_course_model, save_checkpoint
+from bloomlib.config import GPTConfig
+from bloomlib.model import GPT
+from bloomlib.tokenizer import Tokenizer
+from bloomlib.training.data import TaskSource, load_corpus, make_task, train_val_split
+from bloomlib.training.train import TrainConfig, train
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # family F is shipped in ASSETS / F
+DEFAULT_THREADS = 1  # two threads on a shared 2-core machine ran up to 40 x slower (OpenMP spin-waits)
+COMMAND = "python -m bloomlib.training.zoo {family} --out bloomlib/assets/{family}"  # the documented command
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One checkpoint: what the model is (config), how it trains (train, whose seed also initialises it), on what
+    (task: a TaskSource; None means the course corpus in the course model's tokenizer, 10% held out), and from
+    which initialisation (init: "gpt2" keeps GPT's N(0, 0.02); "torch" resets every Linear, Embedding and
+    LayerNorm to PyTorch's defaults: N(0, 1) embeddings, Kaiming-uniform linear weights)."""
+
+    name: str
+    config: GPTConfig
+    train: TrainConfig
+    task: TaskSource | None = None
+    init: str = "gpt2"
+
+
+# --- lesson04 ------------------------------------------------------------------------------------------------------
+# Both kinds start from PyTorch's initialisation, measured (500 steps, 2 layers, d_model 64): with GPT's N(0, 0.02)
+# embeddings a sinusoidal signal (norm ~5.7 per position) drowns the tokens (norm ~0.16) and that model stays at
+# the unigram loss (5.34), and key-value recall never leaves its plateau (8000 steps); tied embeddings at N(0, 1)
+# leave learned and sinusoidal positions at or near the unigram loss, hence untied heads.
+POS_ENCODINGS = ("sinusoidal", "learned", "rope", "alibi", "none")
+POSITION_TRAIN_LEN = 64
+KV_KEYS, KV_VALUES, KV_TRAIN_PAIRS = 64, 16, (1, 16)  # 64 keys: prompts of up to 64 pairs, 4 x the trained 16
+
+
+def _positions(encoding: str, seed: int) -> ZooModel:
+    config = GPTConfig(vocab_size=512, block_size=8 * POSITION_TRAIN_LEN, n_layer=2, n_head=4, d_model=64, d_ff=128,
+                       pos_encoding=encoding, tie_weights=False)
+    cfg = TrainConfig(steps=500, batch_size=16, seq_len=POSITION_TRAIN_LEN, warmup_steps=50, eval_interval=500,
+                      eval_batches=20, seed=seed)
+    return ZooModel(f"positions/{encoding}-seed{seed}", config, cfg, init="torch")
+
+
+def _kv_recall() -> ZooModel:
+    task = TaskSource("kv_recall", dict(n_keys=KV_KEYS, n_values=KV_VALUES), "n_pairs", KV_TRAIN_PAIRS)
+    vocab = make_task("kv_recall", 1, torch.Generator(), **task.options).vocab_size
+    config = GPTConfig(vocab_size=vocab, block_size=256, n_layer=2, n_head=4, d_model=64, d_ff=128,
+                       pos_encoding="alibi", tie_weights=False)
+    cfg = TrainConfig(steps=3000, batch_size=32, warmup_steps=100, weight_decay=0.0, eval_interval=3000,
+                      eval_batches=20, seed=0)
+    return ZooModel("kv_recall", config, cfg, task, init="torch")
+
+
+FAMILIES: dict[str, tuple[ZooModel, ...]] = {
+    "lesson04": tuple(_positions(e, s) for e in POS_ENCODINGS for s in (0, 1)) + (_kv_recall(),),
+}
+
+
+def zoo_model(name: str) -> ZooModel:
+    """The table entry of "family/name", e.g. "lesson04/kv_recall"."""
+    family, _, rest = name.partition("/")
+    for spec in FAMILIES.get(family, ()):
+        if spec.name == rest:
+            return spec
+    raise ValueError(f"no zoo model {name!r}; the table has {sorted(zoo_names())}")
+
+
+def zoo_names() -> list[str]:
+    """Every "family/name" in the table, shipped or not."""
+    return [f"{family}/{spec.name}" for family, specs in FAMILIES.items() for spec in specs]
+
+
+def shipped_models() -> list[str]:
+    """Names of the zoo models whose checkpoint folder is in bloomlib/assets."""
+    return [name for name in zoo_names() if (ASSETS / name / "config.json").is_file()]
+
+
+def load_zoo_model(name: str, device: torch.device | str | None = None) -> Checkpoint:
+    """A shipped zoo checkpoint, e.g. load_zoo_model("lesson04/positions/alibi-seed0") (see load_checkpoint)."""
+    if name not in shipped_models():
+        family = name.partition("/")[0]
+        hint = f"; build it with `{COMMAND.format(family=family)}`" if name in zoo_names() else ""
+        raise ValueError(f"zoo model {name!r} is not shipped{hint}; available: {shipped_models()}")
+    return load_checkpoint(ASSETS / name, device=device)
+
+
+def corpus_splits() -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
+    """(tokenizer, train ids, val ids): the course corpus in the course model's tokenizer, the last 10% held out
+    (what the position models train and validate on; 1-D LongTensors)."""
+    tok = load_course_model().tokenizer
+    train_ids, val_ids = train_val_split(tok.encode(load_corpus()), 0.1)
+    return tok, train_ids, val_ids
+
+
+def init_model(spec: ZooModel) -> GPT:
+    """spec's model as its seed initialises it (on the CPU); the global random state is left as it was."""
+    if spec.init not in ("gpt2", "torch"):
+        raise ValueError(f"{spec.name}: init must be 'gpt2' or 'torch', got {spec.init!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.train.seed)
+        model = GPT(spec.config)
+        if spec.init == "torch":
+            for module in model.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+                    module.reset_parameters()
+    return model
+
+
+def build(spec: ZooModel, out: str | Path, command: str, progress: bool = False, corpus=None,
+          device: torch.device | str = "cpu") -> dict:
+    """Train `spec` from its seed and save it to `out` (a checkpoint folder) with meta recording `command`.
+
+    corpus: corpus_splits()'s result, reused across corpus models (tokenizing once). Returns the saved meta.
+    """
+    if spec.task is None:
+        tok, train_data, val_data = corpus or corpus_splits()
+        if tok.vocab_size != spec.config.vocab_size:
+            raise ValueError(f"{spec.name}: config.vocab_size={spec.config.vocab_size} but the course tokenizer has "
+                             f"{tok.vocab_size} ids")
+        data = {"corpus": "pydoc_data.topics", "n_tokens": len(train_data) + len(val_data), "val_fraction": 0.1}
+    else:
+        tok, train_data, val_data = None, spec.task, spec.task
+        data = {"task": spec.task.name, "options": spec.task.options, "vary": spec.task.vary,
+                "vary_range": list(spec.task.vary_range or ())}
+    model = init_model(spec)
+    model.to(device)
+    t0 = time.perf_counter()
+    hist = train(model, train_data, val_data, spec.train, progress=progress, log=None)
+    seconds = time.perf_counter() - t0
+    meta = {"val_loss": hist["val_loss"][-1], "train": asdict(spec.train), "init": spec.init, "data": data,
+            "command": command, "threads": torch.get_num_threads(), "train_seconds": round(seconds, 1),
+            "torch": torch.__version__, "python": ".".join(map(str, sys.version_info[:3]))}
+    if spec.task is None:  # a task's batches are all fresh: its "train loss" would be the validation loss again
+        meta["train_loss"] = hist["train_loss"][-1]
+    save_checkpoint(out, model.float().cpu(), tok, meta)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild a family of zoo checkpoints."""
+    p = argparse.ArgumentParser(prog="python -m bloomlib.training.zoo", description=main.__doc__)
+    p.add_argument("family", choices=sorted(FAMILIES))
+    p.add_argument("--out", required=True, help="folder to write the family's checkpoints into")
+    p.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help="build only this model (repeatable), e.g. positions/alibi-seed0")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"torch CPU threads (default {DEFAULT_THREADS}; the weights depend on it)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    specs = FAMILIES[args.family]
+    if args.only:
+        unknown = sorted(set(args.only) - {s.name for s in specs})
+        if unknown:
+            p.error(f"--only {unknown}: {args.family} has {[s.name for s in specs]}")
+        specs = tuple(s for s in specs if s.name in args.only)
+    if args.threads <= 0:
+        p.error(f"--threads must be positive, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    command = "python -m bloomlib.training.zoo " + " ".join(sys.argv[1:] if argv is None else argv)
+    corpus = corpus_splits() if any(s.task is None for s in specs) else None
+    t0 = time.perf_counter()
+    for spec in specs:
+        meta = build(spec, Path(args.out) / spec.name, command, progress=not args.no_progress, corpus=corpus)
+        print(f"{args.family}/{spec.name}: val loss {meta['val_loss']:.4f} in {meta['train_seconds']:.1f} s",
+              flush=True)
+    print(f"{len(specs)} model(s) in {time.perf_counter() - t0:.0f} s; saved under {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
