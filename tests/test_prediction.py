@@ -48,7 +48,7 @@ def test_question_must_be_text(question):
 
 def test_missing_ipywidgets_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
-    with pytest.raises(ImportError, match="needs ipywidgets"):
+    with pytest.raises(ImportError, match="widgets need ipywidgets: pip install ipywidgets"):
         _choice()
 
 

@@ -88,5 +88,5 @@ def test_reprs_are_deterministic_text():
 
 def test_missing_ipywidgets_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
-    with pytest.raises(ImportError, match="needs ipywidgets"):
+    with pytest.raises(ImportError, match="widgets need ipywidgets: pip install ipywidgets"):
         quiz.Flashcards(CARDS)
