@@ -82,8 +82,22 @@ def _kv_recall() -> ZooModel:
     return ZooModel("kv_recall", config, cfg, task, init="torch")
 
 
+# --- lesson05 ------------------------------------------------------------------------------------------------------
+
+
+def _ladder() -> tuple[ZooModel, ...]:
+    """Scaling laws: GPTs of several widths, each trained on several token budgets of the course corpus."""
+    return ()
+
+
+def _emergence() -> tuple[ZooModel, ...]:
+    """Emergence and in-context learning: addition models, attention-only models on repeated random tokens."""
+    return ()
+
+
 FAMILIES: dict[str, tuple[ZooModel, ...]] = {
     "lesson04": tuple(_positions(e, s) for e in POS_ENCODINGS for s in (0, 1)) + (_kv_recall(),),
+    "lesson05": _ladder() + _emergence(),
 }
 
 
