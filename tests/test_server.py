@@ -1,9 +1,6 @@
-"""`bloomlib serve` in a subprocess on a free loopback port, driven by the official `openai` client and httpx."""
+"""`bloomlib serve` in a subprocess on a free loopback port (bloomlib.serving.launch.ServerProcess), driven by the
+official `openai` client and httpx."""
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,6 +13,7 @@ openai = pytest.importorskip("openai")
 from bloomlib import GPT, GPTConfig  # noqa: E402
 from bloomlib.checkpoint import save_checkpoint  # noqa: E402
 from bloomlib.serving import LLM, RequestOutput, SamplingParams  # noqa: E402
+from bloomlib.serving.launch import ServerProcess  # noqa: E402
 from bloomlib.serving.protocol import APIError, GenerationRequest  # noqa: E402
 from bloomlib.serving.sequence import ParamError  # noqa: E402
 from bloomlib.serving.server import AsyncEngine  # noqa: E402
@@ -33,31 +31,8 @@ def server(tmp_path_factory):
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=2, n_head=4, n_kv_head=2,
                           d_model=64, pos_encoding="rope"))
     save_checkpoint(folder, model, tok)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "bloomlib.cli", "serve", "--checkpoint", str(folder),
-                             "--port", str(port), "--max-body-bytes", str(MAX_BODY), "--blocklist", ""],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stdout.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    yield {"base": base, "folder": folder, "tok": tok, "name": "tiny_model"}
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with ServerProcess(folder, max_body_bytes=MAX_BODY, blocklist="", threads=1, startup_timeout=90) as proc:
+        yield {"base": proc.base_url, "folder": folder, "tok": tok, "name": "tiny_model", "process": proc}
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +41,7 @@ def client(server):
 
 
 def metrics(server) -> dict[str, float]:
-    text = httpx.get(server["base"] + "/metrics").text
-    return {k: float(v) for k, v in (line.split() for line in text.splitlines())}
+    return server["process"].metrics()
 
 
 def test_models_health_metrics(server, client):
