@@ -131,11 +131,12 @@ def test_cli_json_unactivated_with_solutions_dir(tmp_path, source, exercise):
     proc = subprocess.run([str(bloomlib), "grade", str(tmp_path / SOURCE.name), "--json", "--solutions",
                            str(tmp_path / "sol")], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"notebook": SOURCE.name, "score": 2.0, "max_score": 3.0, "questions": [
+    assert json.loads(proc.stdout) == {"notebook": SOURCE.name, "score": 2.0, "max_score": 3.0,
+                                       "manual_max_score": 0.0, "questions": [
         {"id": "test_causal_mask", "score": 0.0, "max_score": 1.0,
-         "feedback": "NotImplementedError: this answer is not written yet"},
-        {"id": "test_split_heads", "score": 1.0, "max_score": 1.0, "feedback": ""},
-        {"id": "test_merge_heads", "score": 1.0, "max_score": 1.0, "feedback": ""}]}
+         "feedback": "NotImplementedError: this answer is not written yet", "manual": False},
+        {"id": "test_split_heads", "score": 1.0, "max_score": 1.0, "feedback": "", "manual": False},
+        {"id": "test_merge_heads", "score": 1.0, "max_score": 1.0, "feedback": "", "manual": False}]}
 
 
 def test_tampered_or_deleted_tests_do_not_raise_a_score(source, exercise):

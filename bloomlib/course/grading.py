@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import re
@@ -245,12 +246,29 @@ def score(executed: NotebookNode, source: NotebookNode, name: str) -> dict:
                 points, max_points = determine_grade(cell)
             except (KeyError, ValueError):  # an odd result value nbgrader cannot read as partial credit
                 points, max_points, fb = 0.0, m["points"], fb or "the test cell's result is not a valid grade"
-            if points is None:
+            if _is_manual(m, cell):
+                blank = cell.source.strip() in ("", _answer_stub())
+                points = 0.0
+                fb = "not answered yet" if blank else "graded by hand: your instructor marks this answer"
+            elif points is None:
                 points, fb = 0.0, "graded by hand"
         questions.append({"id": m["grade_id"], "score": float(points), "max_score": float(max_points),
-                          "feedback": fb})
+                          "feedback": fb, "manual": _is_manual(m, src)})
     return {"notebook": name, "score": sum(q["score"] for q in questions),
-            "max_score": sum(q["max_score"] for q in questions), "questions": questions}
+            "max_score": sum(q["max_score"] for q in questions),
+            "manual_max_score": sum(q["max_score"] for q in questions if q["manual"]), "questions": questions}
+
+
+def _is_manual(m: dict, cell: NotebookNode) -> bool:
+    """A written answer marked by hand (nbgrader's "manually graded answer": a graded solution cell, not a test)."""
+    return bool(m.get("grade") and m.get("solution") and cell.cell_type == "markdown")
+
+
+@functools.cache
+def _answer_stub() -> str:
+    from nbgrader.preprocessors import ClearSolutions
+
+    return ClearSolutions().text_stub.strip()
 
 
 def find_source(submission: str | Path, solutions_dir: str | Path | None = None) -> Path:
@@ -290,7 +308,9 @@ def _table(result: dict) -> str:
     rows = [f"{'question':<{w}}  score  feedback"]
     for q in result["questions"]:
         rows.append(f"{q['id']:<{w}}  {q['score']:g}/{q['max_score']:g}".ljust(w + 9) + f"  {q['feedback']}")
-    rows.append(f"{'total':<{w}}  {result['score']:g}/{result['max_score']:g}")
+    manual = result.get("manual_max_score", 0)
+    auto = f"{result['score']:g}/{result['max_score'] - manual:g}"
+    rows.append(f"{'total':<{w}}  {auto}" + (f" marked automatically, + {manual:g} points marked by hand" if manual else ""))
     return "\n".join(rows)
 
 
