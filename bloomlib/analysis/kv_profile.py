@@ -125,23 +125,17 @@ def prefix_sharing_sweep(model: nn.Module, shares=(0.0, 0.25, 0.5, 0.75, 1.0), *
 
 
 def _serve_all(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> tuple[list, int, int, float]:
-    """Every prompt added at once, stepped to the end -> (each request's tokens, steps, evicted blocks, seconds).
-
-    The block manager has no eviction counter: an eviction is the one thing that takes an entry out of its
-    prefix-cache index (hash_to_block), so evictions are counted as the entries that leave it during a step (a
-    block evicted and registered again under the same hash within one step would not be seen)."""
+    """Every prompt added at once, stepped to the end -> (each request's tokens, steps, evicted blocks, seconds)."""
     ids = [engine.add_request(p, params) for p in prompts]
-    out, steps, evicted = {}, 0, 0
-    index = engine.bm.hash_to_block
+    out, steps, evicted = {}, 0, engine.bm.evictions
     start = time.perf_counter()
     while engine.has_unfinished():
-        before = set(index.items())
         for o in engine.step():
             if o.finished:
                 out[o.request_id] = o.token_ids
-        evicted += len(before - set(index.items()))
         steps += 1
     seconds = time.perf_counter() - start
+    evicted = engine.bm.evictions - evicted
     return [out.get(i) for i in ids], steps, evicted, seconds
 
 

@@ -43,6 +43,7 @@ class BlockManager:
         self.evictable: OrderedDict[int, None] = OrderedDict()  # ref 0 but hashed; oldest first
         self.hash_to_block: dict[bytes, int] = {}
         self.lookups = self.hits = 0                            # full prompt blocks looked up / found
+        self.evictions = 0                                      # cached blocks evicted to make room
 
     # ---- counters
     @property
@@ -77,6 +78,7 @@ class BlockManager:
         else:  # evict the least recently used cached block
             block = self.blocks[self.evictable.popitem(last=False)[0]]
             del self.hash_to_block[block.hash]
+            self.evictions += 1
             block.hash, block.token_ids = None, ()
         block.ref_count = 1
         return block
