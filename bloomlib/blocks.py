@@ -2,6 +2,7 @@
 
 Pre-LN (GPT-2 onwards):  x = x + attn(norm(x));  x = x + ffn(norm(x))
 Post-LN (original, BERT): x = norm(x + attn(x)); x = norm(x + ffn(x))
+Attention-only (ffn="none"): the attention sublayer alone.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer block: self-attention (+ cross-attention in a decoder that reads an encoder) + FFN.
+    """One transformer block: self-attention (+ cross-attention in a decoder that reads an encoder) + FFN
+    (no FFN, and no norm2, when config.ffn is "none").
 
     x: (B, T, d_model) -> (B, T, d_model).
     """
@@ -71,7 +73,9 @@ class Block(nn.Module):
         self.norm1, self.attn = make_norm(config), attention(cross=False)
         self.norm_cross = make_norm(config) if cross_attention else None
         self.cross_attn = attention(cross=True) if cross_attention else None
-        self.norm2, self.ffn = make_norm(config), FeedForward(config)
+        attention_only = config.ffn == "none"
+        self.norm2 = None if attention_only else make_norm(config)
+        self.ffn = None if attention_only else FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
     def _residual(self, x: torch.Tensor, out: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -100,5 +104,7 @@ class Block(nn.Module):
             out, weights["cross"] = self.cross_attn(h, context=context, mask=context_mask, kv_cache=kv_cache,
                                                     layer=layer, need_weights=need_weights)
             x = self._residual(x, out, self.norm_cross)
+        if self.ffn is None:  # attention-only
+            return x, weights
         h = self.norm2(x) if self.prenorm else x
         return self._residual(x, self.ffn(h), self.norm2), weights

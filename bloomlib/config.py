@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
-FFNS = ("gelu", "gelu_tanh", "relu", "swiglu")
+FFNS = ("gelu", "gelu_tanh", "relu", "swiglu", "none")
 RUNTIME_FIELDS = ("attn_backend",)  # once saved in config.json; how a model runs is not what it is
 
 
@@ -24,10 +24,11 @@ class GPTConfig:
     n_head:       query heads per attention layer; must divide d_model.
     n_kv_head:    key/value heads (GQA); None means n_head (MHA); 1 is MQA. Must divide n_head.
     d_model:      width of the residual stream.
-    d_ff:         hidden width of the FFN; None means 4 * d_model (8/3 * d_model rounded for SwiGLU).
+    d_ff:         hidden width of the FFN; None means 4 * d_model (8/3 * d_model rounded for SwiGLU); unused by "none".
     pos_encoding: "learned", "sinusoidal", "rope", "alibi" or "none".
     norm:         "layernorm" or "rmsnorm"; norm_eps its epsilon.
-    ffn:          "gelu" (exact), "gelu_tanh", "relu" or "swiglu".
+    ffn:          "gelu" (exact), "gelu_tanh", "relu", "swiglu", or "none": attention-only blocks (no FFN sublayer
+                  and no norm before it), the models of Elhage et al. 2021 and Olsson et al. 2022.
     prenorm:      True for pre-LN blocks (x + f(norm(x))), False for post-LN (norm(x + f(x))).
     bias:         biases in Linear layers (and LayerNorm).
     sliding_window: if set, position i attends only positions j with i - w < j <= i.

@@ -98,6 +98,52 @@ def test_return_attention_weights():
     torch.testing.assert_close(logits, model(idx))
 
 
+# --- attention-only blocks (ffn="none") --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prenorm", [True, False])
+def test_attention_only_block_is_its_attention_sublayer_alone(prenorm):
+    """ffn="none": no FFN and no norm2 (d_ff ignored); the block computes x + attn(norm1(x)) (pre-LN) or
+    norm1(x + attn(x)) (post-LN), recomputed here from its attention weights with plain matmuls."""
+    from bloomlib.blocks import Block
+
+    torch.manual_seed(0)
+    cfg = GPTConfig.preset("tiny", ffn="none", d_ff=7, prenorm=prenorm)
+    block = Block(cfg).double().eval()
+    assert block.ffn is None and block.norm2 is None
+    assert not any(p.shape[0] == 7 or p.shape[-1] == 7 for p in block.parameters())
+    x = torch.randn(2, 5, cfg.d_model, dtype=torch.float64)
+    out, weights = block(x, need_weights=True)
+    a = block.attn
+    h = block.norm1(x) if prenorm else x
+    q, k, v = a.qkv_proj(h).split(cfg.d_model, dim=-1)
+    heads = lambda t: t.view(2, 5, cfg.n_head, cfg.head_dim).transpose(1, 2)  # noqa: E731
+    scores = heads(q) @ heads(k).transpose(-1, -2) / cfg.head_dim ** 0.5
+    w = scores.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+    mixed = a.o_proj((w @ heads(v)).transpose(1, 2).reshape(2, 5, cfg.d_model))
+    torch.testing.assert_close(weights["self"], w)
+    torch.testing.assert_close(out, x + mixed if prenorm else block.norm1(x + mixed))
+
+
+def test_attention_only_gpt_counts_trains_and_generates_with_its_cache():
+    cfg = GPTConfig.preset("tiny", ffn="none", tie_weights=False)
+    model = GPT(cfg)
+    d, V, T, L = cfg.d_model, cfg.vocab_size, cfg.block_size, cfg.n_layer
+    per_block = 2 * d + 3 * d * d + 3 * d + d * d + d  # norm1, qkv (+ bias), o_proj (+ bias)
+    assert count_parameters(model) == direct_count(model) == 2 * V * d + T * d + L * per_block + 2 * d
+    model = sharp_model(ffn="none")
+    prompt = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(1))
+    cached = model.generate(prompt, 8, temperature=0)
+    torch.testing.assert_close(cached, model.generate(prompt, 8, temperature=0, use_cache=False), rtol=0, atol=0)
+
+
+def test_gpt2_export_refuses_an_attention_only_model(tmp_path):
+    from bloomlib.interop.hf import export_gpt2
+
+    with pytest.raises(ValueError, match="ffn='none' is not GPT-2 layout"):
+        export_gpt2(GPT(GPTConfig.preset("tiny", ffn="none")), tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
 # --- parameter counts -----------------------------------------------------------------------------------------
 
 def direct_count(model) -> int:
