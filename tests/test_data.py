@@ -108,6 +108,29 @@ def test_kv_recall():
         assert query == 14 and table[key] == value
 
 
+def test_repeated_tokens():
+    L, R, V = 7, 3, 5
+    batch = make_task("repeated_tokens", 2000, block_len=L, n_repeats=R, n_symbols=V,
+                      generator=torch.Generator().manual_seed(0))
+    assert batch.vocab_size == V and batch.prompt_len == L and batch.inputs.shape == (2000, L * R - 1)
+    assert not (batch.targets == IGNORE).any()  # every position predicts the next token
+    for inp, tgt, mask in zip(batch.inputs.tolist(), batch.targets.tolist(), batch.answer_mask.tolist()):
+        seq = inp + [tgt[-1]]
+        assert tgt == seq[1:] and seq == seq[:L] * R
+        assert mask == [t + 1 >= L for t in range(L * R - 1)]  # True where the target lies in a repeat
+    # the block's symbols are uniform and independent: frequencies of each symbol and of each (first, second)
+    # pair within 5 binomial standard errors of 1/V and 1/V^2
+    blocks = batch.inputs[:, :L]
+    for values, n_kinds in ((blocks.flatten(), V), (blocks[:, 0] * V + blocks[:, 1], V * V)):
+        p, n = 1 / n_kinds, len(values)
+        freq = torch.bincount(values, minlength=n_kinds).double() / n
+        assert (freq - p).abs().max() < 5 * (p * (1 - p) / n) ** 0.5
+    with pytest.raises(ValueError, match="n_repeats"):
+        make_task("repeated_tokens", 3, n_repeats=1)
+    with pytest.raises(ValueError, match="block_len"):
+        make_task("repeated_tokens", 3, block_len=0)
+
+
 def test_cross_entropy_and_accuracy():
     batch = make_task("sort", 10, generator=torch.Generator().manual_seed(0))
     N, T = batch.inputs.shape
@@ -127,7 +150,7 @@ def test_cross_entropy_and_accuracy():
 
 
 def test_task_registry_and_bad_input():
-    assert set(TASKS) == {"copy", "reverse", "sort", "addition", "kv_recall"}
+    assert set(TASKS) == {"copy", "reverse", "sort", "addition", "kv_recall", "repeated_tokens"}
     for name in TASKS:
         b = make_task(name, 3)
         assert b.inputs.shape == b.targets.shape == b.answer_mask.shape and b.inputs.max() < b.vocab_size

@@ -4,7 +4,7 @@
   about Python, shipped with the interpreter; the exact text depends on the Python version).
 - `train_val_split`, `get_batch`, `batches`: nanoGPT-style next-token batches from one long id tensor.
 - Synthetic tasks (`TASKS`, `make_task`) with exact answers: copy, reverse, sort, addition, key-value
-  recall. Each returns a `TaskBatch` ready for a decoder-only model:
+  recall, repeated random tokens (in-context learning). Each returns a `TaskBatch` ready for a decoder-only model:
   `F.cross_entropy(logits.view(-1, V), batch.targets.view(-1), ignore_index=-100)`.
   A `TaskSource` hands fresh batches of a task to the training loop in place of a corpus.
 """
@@ -185,8 +185,26 @@ def kv_recall_task(n_samples: int, n_pairs: int = 4, n_keys: int = 16, n_values:
     return _task("kv_recall", prompt, values.gather(1, q), n_keys + n_values + 1)
 
 
+def repeated_tokens_task(n_samples: int, block_len: int = 32, n_repeats: int = 2, n_symbols: int = 64,
+                         generator=None) -> TaskBatch:
+    """A block of block_len uniform random symbols (ids 0..n_symbols-1) repeated n_repeats times, as in Olsson et
+    al. 2022's in-context learning tests; vocab n_symbols.
+
+    Every position has a target, the next token (nothing is IGNORE): the first copy is unpredictable (a loss of
+    ln n_symbols at best), a repeat is predictable only from its earlier copy (an induction mechanism). The first
+    copy is the prompt: answer_mask is True where the target lies in a repeat (input positions block_len-1 ..)."""
+    _check(n_samples, block_len=block_len, n_repeats=n_repeats, n_symbols=n_symbols)
+    if n_repeats < 2:
+        raise ValueError(f"n_repeats must be at least 2 (a block and one repeat of it), got {n_repeats}")
+    seq = torch.randint(n_symbols, (n_samples, block_len), generator=generator).repeat(1, n_repeats)
+    inputs, targets = seq[:, :-1].clone(), seq[:, 1:].clone()
+    answer_mask = torch.zeros_like(targets, dtype=torch.bool)
+    answer_mask[:, block_len - 1:] = True
+    return TaskBatch("repeated_tokens", inputs, targets, answer_mask, block_len, n_symbols)
+
+
 TASKS = {"copy": copy_task, "reverse": reverse_task, "sort": sort_task, "addition": addition_task,
-         "kv_recall": kv_recall_task}
+         "kv_recall": kv_recall_task, "repeated_tokens": repeated_tokens_task}
 
 
 def make_task(name: str, n_samples: int, generator: torch.Generator | None = None, **kwargs) -> TaskBatch:
