@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bloomlib.checkpoint import load_course_model
+from bloomlib.checkpoint import load_checkpoint, load_course_model
 from bloomlib.config import GPTConfig
 from bloomlib.model import GPT
 from bloomlib.training import zoo
@@ -29,7 +29,7 @@ def corpus():
 
 
 def test_lesson04_is_shipped_and_small():
-    assert sorted(zoo.shipped_models()) == sorted(NAMES)
+    assert sorted(n for n in zoo.shipped_models() if n.startswith("lesson04/")) == sorted(NAMES)
     files = [f for f in (zoo.ASSETS / "lesson04").rglob("*") if f.is_file()]
     size = sum(f.stat().st_size for f in files)
     assert size <= 6_000_000, f"bloomlib/assets/lesson04 is {size / 1e6:.2f} MB; lesson 04 ships at most 6 MB"
@@ -130,24 +130,66 @@ def test_cli_rejects_unknown_names(capsys):
     assert "positions/alibi-seed0" in capsys.readouterr().err
 
 
+def rebuild_with_recorded_command(name: str, out: Path) -> tuple[dict, dict]:
+    """(shipped, rebuilt) weights of zoo model `name` ("family/model"): the command its meta records, run again
+    into `out` for this model alone (any --only of the recorded command dropped) with the recorded thread count."""
+    meta = zoo.load_zoo_model(name).meta
+    family, _, short = name.partition("/")
+    args = shlex.split(meta["command"])
+    assert args[:4] == ["python", "-m", "bloomlib.training.zoo", family]
+    args = args[3:]
+    while "--only" in args:
+        del args[args.index("--only"):args.index("--only") + 2]
+    args[args.index("--out") + 1] = str(out)
+    args += ["--only", short, "--threads", str(meta["threads"]), "--no-progress"]
+    run = subprocess.run([sys.executable, "-m", "bloomlib.training.zoo", *args], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shipped = load_file(zoo.ASSETS / name / "model.safetensors")
+    rebuilt = load_file(Path(out) / short / "model.safetensors")
+    assert shipped.keys() == rebuilt.keys()
+    return shipped, rebuilt
+
+
 @pytest.mark.slow
 def test_documented_command_rebuilds_the_same_weights(tmp_path):
     """Re-run the recorded command for the fastest shipped model, with its thread count: the same weights.
     (On the same machine and thread count the CPU kernels are deterministic: the rebuild was bit-equal here.)"""
-    metas = {s.name: zoo.load_zoo_model(f"lesson04/{s.name}").meta for s in LESSON04}
-    name = min(metas, key=lambda n: metas[n]["train_seconds"])
-    meta = metas[name]
-    args = shlex.split(meta["command"])[3:]  # after "python -m bloomlib.training.zoo"
-    args[args.index("--out") + 1] = str(tmp_path)
-    args += ["--only", name, "--threads", str(meta["threads"]), "--no-progress"]
-    out = subprocess.run([sys.executable, "-m", "bloomlib.training.zoo", *args], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    shipped = load_file(zoo.ASSETS / "lesson04" / name / "model.safetensors")
-    rebuilt = load_file(Path(tmp_path) / name / "model.safetensors")
-    assert shipped.keys() == rebuilt.keys()
+    name = min(NAMES, key=lambda n: zoo.load_zoo_model(n).meta["train_seconds"])
+    shipped, rebuilt = rebuild_with_recorded_command(name, tmp_path)
     for key in shipped:
         assert torch.allclose(shipped[key], rebuilt[key], rtol=0, atol=1e-6), key
+
+
+def _tiny_snapshot(stop_at: int | None, name: str = "run", seed: int = 0) -> zoo.ZooModel:
+    config = GPTConfig(vocab_size=7, block_size=16, n_layer=1, n_head=2, d_model=16)
+    cfg = TrainConfig(steps=30, batch_size=8, warmup_steps=5, eval_interval=10, eval_batches=1, seed=seed)
+    return zoo.ZooModel(f"{name}/s{stop_at}", config, cfg, TaskSource("copy", dict(seq_len=4, n_symbols=6)),
+                        stop_at=stop_at)
+
+
+def test_snapshots_of_a_run_train_once_and_equal_the_run_cut_short(tmp_path, monkeypatch):
+    """main builds the snapshots of one run (--only a folder selects them) in one training; a snapshot built on its
+    own (its run stopped there) has the same weights, and its history is the start of the run's."""
+    other = _tiny_snapshot(20, "other", seed=1)  # another run
+    monkeypatch.setitem(zoo.FAMILIES, "tiny", (_tiny_snapshot(10), _tiny_snapshot(30), other))
+    built, real_build = [], zoo.build
+    monkeypatch.setattr(zoo, "build", lambda spec, *a, **kw: built.append(spec.name) or real_build(spec, *a, **kw))
+    zoo.main(["tiny", "--out", str(tmp_path / "run"), "--only", "run", "--no-progress"])
+    zoo.main(["tiny", "--out", str(tmp_path / "alone"), "--only", "run/s10", "--no-progress"])
+    assert built == ["run/s30", "run/s10"] and not (tmp_path / "run" / "other").exists()
+    early, alone, last = (load_checkpoint(tmp_path / f) for f in ("run/run/s10", "alone/run/s10", "run/run/s30"))
+    for key, value in early.model.state_dict().items():
+        assert torch.equal(value, alone.model.state_dict()[key]), key
+    assert not torch.equal(early.model.lm_head.weight, last.model.lm_head.weight)
+    assert last.meta["history"]["step"] == [10, 20, 30] and early.meta["history"]["step"] == [10]
+    assert early.meta["history"]["val_loss"] == last.meta["history"]["val_loss"][:1] == [early.meta["val_loss"]]
+    assert early.meta["stop_at"] == 10
+    for spec, snapshot in ((_tiny_snapshot(30), other), (_tiny_snapshot(10), _tiny_snapshot(20))):  # later one
+        with pytest.raises(ValueError, match="not a snapshot"):
+            zoo.build(spec, tmp_path / "x", "cmd", snapshots=[(snapshot, tmp_path / "y")])
+    with pytest.raises(ValueError, match="stop_at must be a multiple"):
+        _tiny_snapshot(15)
 
 
 # --- TaskSource: synthetic task batches for the training loop ---------------------------------------------------

@@ -96,11 +96,14 @@ def evaluate(model: nn.Module, data: Data, batch_size: int, seq_len: int, n_batc
 
 
 def train(model: nn.Module, train_data: Data, val_data: Data, cfg: TrainConfig,
-          progress: bool = True, log=print) -> dict:
+          progress: bool = True, log=print, on_eval: Callable[[int, nn.Module], bool | None] | None = None) -> dict:
     """Train `model` on next-token prediction over random windows of `train_data` (1-D LongTensor), or on the
     batches of a callable source (e.g. a TaskSource; targets of -100 carry no loss).
 
     Returns a history dict: step, lr and loss per step; eval_step, train_loss and val_loss per evaluation.
+    on_eval(steps_done, model) is called after each evaluation (e.g. to save a snapshot); when it returns True,
+    training stops there (the learning-rate schedule still spans cfg.steps: the run is the start of the full one).
+    One process only: under torchrun rank 0 alone evaluates, and could not stop the others.
 
     Inside a torch.distributed process group (torchrun) the model is wrapped in DistributedDataParallel:
     cfg.batch_size is per rank, so the global batch is batch_size x world_size. Every rank draws the same global
@@ -113,6 +116,8 @@ def train(model: nn.Module, train_data: Data, val_data: Data, cfg: TrainConfig,
     from bloomlib.training.distributed import rank_and_world, unwrap
 
     rank, world = rank_and_world()
+    if on_eval is not None and world > 1:
+        raise ValueError(f"on_eval works in one process, not in a group of {world} (only rank 0 evaluates)")
     raw = unwrap(model)
     device = next(model.parameters()).device
     if world > 1 and raw is model:
@@ -157,6 +162,9 @@ def train(model: nn.Module, train_data: Data, val_data: Data, cfg: TrainConfig,
             bar.set_postfix(train=f"{tr:.3f}", val=f"{va:.3f}")
             if not progress and log:
                 log(f"step {step + 1}: train {tr:.4f}, val {va:.4f}")
+            if on_eval is not None and on_eval(step + 1, raw):
+                break
+    bar.close()
     model.eval()
     return hist
 
