@@ -1,6 +1,7 @@
 """The course's small trained models (the zoo): a table of checkpoints per lesson, and the command that makes them.
 
     python -m bloomlib.training.zoo lesson04 --out bloomlib/assets/lesson04 [--only NAME] [--threads N] [--no-progress]
+    python -m bloomlib.training.zoo lesson05 --out bloomlib/assets/lesson05 --only ladder    (--only: a name or a folder)
 
 rebuilds a family's checkpoints (seeds and thread count fixed: the same command on the same machine gives the
 same weights) and prints each one's final validation loss and training time. `load_zoo_model(name)` loads a
@@ -16,6 +17,14 @@ lesson04 (Analyze):
   kv_recall                an ALiBi GPT trained on data.kv_recall_task with n_pairs mixed in KV_TRAIN_PAIRS (1-16)
                            and 64 keys, so that recall can be measured against the distance between the queried
                            pair and the query, inside the trained range and up to 4 x beyond it.
+
+lesson05 (Evaluate):
+  ladder/d<w>-s<steps>     15 2-layer RoPE GPTs on the course corpus, widths LADDER_WIDTHS x budgets LADDER_STEPS
+                           (46k-184k tokens, under one epoch): the points a Chinchilla fit is made on.
+  induction/attn<n>        attention-only (ffn="none") GPTs of 2 and 1 layers on data.repeated_tokens_task; the
+                           2-layer one forms induction heads in a phase change (meta["history"] holds its loss curve).
+  addition/step<s>         snapshots of one run on reversed 4-digit addition, from chance to all right, for exact
+                           match against per-digit accuracy.
 """
 from __future__ import annotations
 
