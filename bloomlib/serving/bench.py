@@ -13,6 +13,8 @@
                 generated token, and wall time against plain decoding of the same requests.
   quantization: weight bytes and validation loss of INT8 / INT4 weight-only models against fp32.
 Uses the shipped course and draft models when present, else random-init stand-ins (said in the output).
+Its measuring pieces (spec_prompts, decode_pass_ms, time_speculative, time_plain, quantization_table) are
+also bloomlib.design's, so the lesson-06 tables and this benchmark measure the same way.
 """
 from __future__ import annotations
 
@@ -137,44 +139,99 @@ def bench_vs_transformers(model, n_requests: int, kv_block_size: int, repeat: in
             "identical_greedy_requests": sum(a == b for a, b in zip(ours[1], hf[1]))}
 
 
-def bench_speculative(target, draft, tok, n: int, k: int, max_tokens: int) -> dict:
-    if tok is not None:
-        from bloomlib.training.data import load_corpus
+def spec_prompts(target, tok, n: int, length: int = 48, seed: int = 1) -> list[list[int]]:
+    """n prompts: the first `length` token ids of windows of the course corpus (with a tokenizer), else
+    make_requests' random prompts (8 to 64 ids)."""
+    if tok is None:
+        return [p for p, _ in make_requests(n, target.config.vocab_size, target.config.block_size, seed=seed)]
+    from bloomlib.training.data import load_corpus
 
-        text = load_corpus()
-        rng = random.Random(1)
-        starts = [rng.randrange(len(text) - 400) for _ in range(n)]
-        prompts = [tok.encode(text[s:s + 200])[:48] for s in starts]
-    else:
-        prompts = [p for p, _ in make_requests(n, target.config.vocab_size, target.config.block_size, seed=1)]
+    text = load_corpus()
+    rng = random.Random(seed)
+    starts = [rng.randrange(len(text) - 400) for _ in range(n)]
+    return [tok.encode(text[s:s + 200])[:length] for s in starts]
+
+
+def decode_pass_ms(runner, table: list[int], passes: int = 64) -> float:
+    """Milliseconds of one single-token decode pass of a ModelRunner (a 32-token prefill first), mean of `passes`."""
+    runner.forward([list(range(32))], [0], [table])
+    t0 = time.perf_counter()
+    for i in range(32, 32 + passes):
+        runner.forward([[i]], [i], [table])
+    return (time.perf_counter() - t0) / passes * 1e3
+
+
+def _params(temperature: float, max_tokens: int, seed: int) -> SamplingParams:
+    return SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=True, seed=seed)
+
+
+def time_speculative(spec: SpeculativeDecoder, prompts, temperature: float, max_tokens: int, seed: int = 0
+                     ) -> tuple[float, list[list[int]]]:
+    """(seconds, completions) for every prompt in turn (prompt i sampled with seed + i); spec.stats accumulates."""
+    t0 = time.perf_counter()
+    out = [spec.generate(p, _params(temperature, max_tokens, seed + i)).completion_ids for i, p in enumerate(prompts)]
+    return time.perf_counter() - t0, out
+
+
+def time_plain(target, prompts, temperature: float, max_tokens: int, seed: int = 0) -> tuple[float, list[list[int]]]:
+    """(seconds, completions): the same requests decoded plainly, one at a time, by the engine."""
+    plain = LLMEngine(target, config=EngineConfig(max_num_seqs=1), safety_filter=None)
+    out = []
+    t0 = time.perf_counter()
+    for i, p in enumerate(prompts):
+        plain.add_request(p, _params(temperature, max_tokens, seed + i))
+        while plain.has_unfinished():
+            out += [o.token_ids for o in plain.step() if o.finished]
+    return time.perf_counter() - t0, out
+
+
+def bench_speculative(target, draft, tok, n: int, k: int, max_tokens: int) -> dict:
+    prompts = spec_prompts(target, tok, n)
     res = {"k": k, "requests": n, "max_tokens": max_tokens}
     spec = SpeculativeDecoder(target, draft, k=k)
-    for name, runner in (("target", spec.target), ("draft", spec.draft)):  # one decode pass of each model
-        runner.forward([list(range(32))], [0], [spec.table])
-        t0 = time.perf_counter()
-        for i in range(32, 96):
-            runner.forward([[i]], [i], [spec.table])
-        res[f"{name}_ms_per_pass"] = (time.perf_counter() - t0) / 64 * 1e3
+    res["target_ms_per_pass"] = decode_pass_ms(spec.target, spec.table)
+    res["draft_ms_per_pass"] = decode_pass_ms(spec.draft, spec.table)
     res["draft_cost_vs_target"] = res["draft_ms_per_pass"] / res["target_ms_per_pass"]
     for name, temp in (("greedy", 0.0), ("sampled_t1", 1.0)):
         spec = SpeculativeDecoder(target, draft, k=k, tokenizer=tok)
-        t0 = time.perf_counter()
-        for i, p in enumerate(prompts):
-            spec.generate(p, SamplingParams(temperature=temp, max_tokens=max_tokens, ignore_eos=True, seed=i))
-        t_spec = time.perf_counter() - t0
-        plain = LLMEngine(target, config=EngineConfig(max_num_seqs=1), safety_filter=None)
-        t0 = time.perf_counter()
-        for i, p in enumerate(prompts):
-            plain.add_request(p, SamplingParams(temperature=temp, max_tokens=max_tokens, ignore_eos=True, seed=i))
-            while plain.has_unfinished():
-                plain.step()
-        t_plain = time.perf_counter() - t0
+        t_spec, _ = time_speculative(spec, prompts, temp, max_tokens)
+        t_plain, _ = time_plain(target, prompts, temp, max_tokens)
         s = spec.stats
         res[name] = {"acceptance_rate": s.acceptance_rate, "target_passes_per_token": s.target_passes_per_token,
                      "draft_passes_per_token": s.draft_passes / s.generated,
                      "wall_time_speculative_s": t_spec, "wall_time_plain_s": t_plain,
                      "speedup": t_plain / t_spec}
     return res
+
+
+def quantization_table(model, val_ids: torch.Tensor, *, bits=(8, 4), group_size: int = 32) -> list[dict]:
+    """Weight-only quantization, bytes against quality: one row for the model as it is ("fp32" for a float32
+    model), then one per entry of `bits` ("int8", "int4"): name, bits, weight_bytes (quantization.weight_bytes),
+    bytes_ratio (to the first row), val_loss (mean next-token loss over up to 16 non-overlapping windows of
+    block_size tokens of val_ids, a 1-D id tensor) and loss_change (val_loss minus the first row's)."""
+    if not isinstance(val_ids, torch.Tensor) or val_ids.dim() != 1 or val_ids.is_floating_point() or len(val_ids) < 2:
+        got = f"{val_ids.dtype} {tuple(val_ids.shape)}" if isinstance(val_ids, torch.Tensor) else type(val_ids).__name__
+        raise ValueError(f"val_ids must be a 1-D tensor of at least 2 integer token ids, got {got}")
+    T = min(model.config.block_size, len(val_ids) - 1)
+    n = min(16, (len(val_ids) - 1) // T)
+    x = torch.stack([val_ids[i * T:(i + 1) * T] for i in range(n)])
+    y = torch.stack([val_ids[i * T + 1:(i + 1) * T + 1] for i in range(n)])
+
+    @torch.no_grad()
+    def loss(m) -> float:
+        return float(F.cross_entropy(m(x).flatten(0, 1).float(), y.flatten()))
+
+    dtype = next(model.parameters()).dtype
+    base, size = loss(model), weight_bytes(model)
+    rows = [{"name": {torch.bfloat16: "bf16"}.get(dtype, f"fp{torch.finfo(dtype).bits}"),
+             "bits": torch.finfo(dtype).bits, "weight_bytes": size, "bytes_ratio": 1.0, "val_loss": base,
+             "loss_change": 0.0}]
+    for b in bits:
+        q = quantize_model(model, bits=b, group_size=group_size)
+        lq, qsize = loss(q), weight_bytes(q)
+        rows.append({"name": f"int{b}", "bits": b, "weight_bytes": qsize, "bytes_ratio": qsize / size,
+                     "val_loss": lq, "loss_change": lq - base})
+    return rows
 
 
 def bench_quantization(model, tok, group_size: int) -> dict:
@@ -185,22 +242,10 @@ def bench_quantization(model, tok, group_size: int) -> dict:
         _, val = train_val_split(tok.encode(load_corpus()))
     else:
         val = torch.randint(0, cfg.vocab_size, (20 * cfg.block_size,), generator=torch.Generator().manual_seed(0))
-    T = cfg.block_size
-    n = min(16, (len(val) - 1) // T)
-    x = torch.stack([val[i * T:(i + 1) * T] for i in range(n)])
-    y = torch.stack([val[i * T + 1:(i + 1) * T + 1] for i in range(n)])
-
-    @torch.no_grad()
-    def loss(m):
-        return float(F.cross_entropy(m(x).flatten(0, 1).float(), y.flatten()))
-
-    base = loss(model)
-    res = {"fp32": {"weight_bytes": weight_bytes(model), "val_loss": base}}
-    for bits in (8, 4):
-        q = quantize_model(model, bits=bits, group_size=group_size)
-        lq = loss(q)
-        res[f"int{bits}"] = {"weight_bytes": weight_bytes(q), "val_loss": lq, "loss_change": lq - base,
-                             "bytes_ratio": weight_bytes(q) / res["fp32"]["weight_bytes"]}
+    base, *quantized = quantization_table(model, val, group_size=group_size)
+    res = {"fp32": {"weight_bytes": base["weight_bytes"], "val_loss": base["val_loss"]}}
+    for row in quantized:
+        res[row["name"]] = {k: row[k] for k in ("weight_bytes", "val_loss", "loss_change", "bytes_ratio")}
     res["int4"]["group_size"] = group_size
     return res
 
