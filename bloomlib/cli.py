@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("bloomlib.cli", "generate_main", "generate text from a checkpoint"),
     "serve": ("bloomlib.serving.server", "main", "OpenAI-compatible server for a checkpoint"),
     "grade": ("bloomlib.course.grading", "main", "grade one exercise notebook"),
+    "tp-demo": ("bloomlib.training.distributed", "main", "one MLP split over N CPU processes (tensor parallel)"),
 }
 BENCHES: dict[str, tuple[str, str, str]] = {
     "core": ("bloomlib.training.bench", "main", "KV-cache speedup and training MFU"),

@@ -28,6 +28,8 @@ from bloomlib.serving.quantization import Int4Linear, Int8Linear, quantize_model
     ("translate English manuals into German", "encoder-decoder", "T5"),
     ("write a summary of each meeting", "encoder-decoder", "BART"),         # "summary" wins over "write"
     ("transcribe podcasts", "encoder-decoder", "Whisper"),
+    ("summarise a long meeting transcript", "encoder-decoder", "T5"),
+    ("transcription of recorded lectures", "encoder-decoder", "Whisper"),
     ("speech to text for phone calls", "encoder-decoder", "Whisper"),
     ("subtitles for lecture videos", "encoder-decoder", "Whisper"),         # audio wins over video
     ("classify product photos by defect", "vit", "ViT"),

@@ -118,3 +118,15 @@ def test_tensor_parallel_demo_for_the_lesson_on_four_processes():
     out = tensor_parallel_demo(world_size=4)
     assert out["up_shape"] == ((128, 32), (32, 32)) and out["down_shape"] == ((32, 128), (32, 32))
     assert out["output_diff"] < 1e-12 and out["input_grad_diff"] < 1e-12
+
+
+def test_tp_demo_command_prints_the_demo_as_json_and_refuses_bad_sizes(capsys):
+    from bloomlib import cli
+
+    assert cli.main(["tp-demo", "--world-size", "2", "--d-model", "16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["up_shape"] == [[64, 16], [32, 16]] and out["down_shape"] == [[16, 64], [16, 32]]
+    assert out["output_diff"] < 1e-12 and out["input_grad_diff"] < 1e-12
+    with pytest.raises(SystemExit):
+        cli.main(["tp-demo", "--world-size", "0"])
+    assert "--world-size and --d-model must be positive" in capsys.readouterr().err

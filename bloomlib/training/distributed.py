@@ -9,9 +9,13 @@ Tensor parallel (Megatron-LM, Shoeybi et al. 2019): one layer's matrices are spl
 activation is elementwise so it needs no communication) and `down` by input features (RowParallelLinear: each
 rank computes a partial sum of the output; one all-reduce adds them). One all-reduce per MLP forward, one in
 backward (for the input's gradient).
+    bloomlib tp-demo [--world-size N]      runs tensor_parallel_demo and prints its result as JSON, in a process
+of its own (as torchrun would), so that the workers and multiprocessing's helper process end with it.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import socket
 import tempfile
@@ -195,3 +199,15 @@ def tensor_parallel_demo(world_size: int = 2, d_model: int = 32, seed: int = 0) 
             "down_shape": (tuple(ffn.down.weight.shape), tuple(got["down"].shape)),
             "output_diff": (got["y"] - y).abs().max().item(),
             "input_grad_diff": (got["x_grad"] - x.grad).abs().max().item()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run tensor_parallel_demo and print its result as one JSON object."""
+    p = argparse.ArgumentParser(prog="bloomlib tp-demo", description=main.__doc__)
+    p.add_argument("--world-size", type=int, default=2, help="CPU processes to split the MLP over (default 2)")
+    p.add_argument("--d-model", type=int, default=32)
+    args = p.parse_args(argv)
+    if args.world_size < 1 or args.d_model < 1:
+        p.error(f"--world-size and --d-model must be positive, got {args.world_size} and {args.d_model}")
+    print(json.dumps(tensor_parallel_demo(args.world_size, args.d_model)))
+    return 0
