@@ -323,13 +323,13 @@ class Explorer(_Displayable):
         self._tokens.value = self._chips_html(ids)
         self._message.value = "".join(f'<div style="color:#b00020">{html.escape(m)}</div>' for m in self.messages)
         self._sample.disabled = self._logits is None
-        line = self.summary()
-        self._summary.value = f"<code>{html.escape(line)}</code>"
         for image, redraw, draw in [(self._attention_image, attention, self._attention_png),
                                     (self._bars_image, bars, self._bars_png)]:
             if redraw:
                 image.value = draw()
                 image.layout.display = None if image.value else "none"  # no broken-image icon without a prompt
+        line = self.summary()
+        self._summary.value = f"<code>{html.escape(line)}</code>"  # last: once it shows, the rest was sent
         print(line)
         for m in self.messages:
             print(f"  {m}")

@@ -1,6 +1,7 @@
 """Drive JupyterLab in headless Chromium: start a server, restart-and-run-all a notebook, report what a
 learner would see (error outputs, widgets that never answer, figures and BertViz views that do not render);
-or answer a notebook's first Prediction as a learner would (`answer_prediction`).
+or answer a notebook's first Prediction as a learner would (`answer_prediction`), or type into, slide and sample
+its first Explorer (`explore`).
 
 Used by test_browser.py; runnable alone for a quick look: `python tests/browser/labdriver.py NB.ipynb ...`.
 """
@@ -498,6 +499,109 @@ def prediction_problems(run: PredictionRun) -> list[str]:
     if said not in run.shown:
         out.append(f"cell {run.cell}: the widget's result area shows {run.shown[-200:]!r}, not {said!r}")
     out += [f"page error: {e}" for e in run.page_errors if any(m in e for m in JS_ERRORS)]
+    return out
+
+
+# --- the transformer explorer driven as a learner would: type a prompt, move the temperature, sample a token ---
+@dataclass
+class ExplorerStep:
+    """What the explorer showed after one step: its summary line, how many token chips, the prompt box, and the
+    address of the bar chart's image (a new image is a new blob address)."""
+
+    name: str
+    summary: str
+    chips: int
+    prompt: str
+    temperature: str  # the slider's readout
+    chart: str
+
+
+@dataclass
+class ExplorerRun(Run):
+    """A notebook whose first Explorer (cell `cell`) was typed into, slid and sampled in the page."""
+
+    cell: int = -1
+    steps: list[ExplorerStep] = field(default_factory=list)  # start, prompt, temperature, sample
+
+
+JS_EXPLORER_STEP = """(el) => ({
+  summary: el.querySelector('.bloomlib-explorer-summary').innerText.trim(),
+  chips: el.querySelectorAll('.bloomlib-explorer-chip').length,
+  prompt: el.querySelector('.bloomlib-explorer-prompt input').value,
+  temperature: (el.querySelector('.bloomlib-explorer-temperature .widget-readout') || {}).innerText || '',
+  chart: (el.querySelector('img.bloomlib-explorer-distribution') || {}).src || ''})"""
+
+
+def explore(browser, server: LabServer, path: str, *, prompt: str, key: str = "ArrowLeft", presses: int = 10,
+            timeout: float = 900.0, screenshot: Path | None = None) -> ExplorerRun:
+    """Restart and run all of `path`, then in its first Explorer: type `prompt` and press Enter, focus the
+    temperature slider's handle and press `key` `presses` times, click "Sample next token"; after each step, wait
+    for the kernel's answer (the summary line changes) and record what the widget shows (`ExplorerRun.steps`)."""
+    run = ExplorerRun(path)
+    with _page(browser, server, run) as page:
+        _open_and_restart(page, server, path, timeout)
+        page.evaluate(JS_MARK_WIDGETS, path)
+        widget = page.locator("[data-bl-widget] .bloomlib-explorer").first
+        widget.wait_for(timeout=30000)
+        run.cell = int(widget.locator("xpath=ancestor::*[@data-bl-widget][1]").get_attribute("data-bl-widget")
+                       .split(".")[0])
+        summary = widget.locator(".bloomlib-explorer-summary")
+
+        def step(name: str, act=None) -> None:
+            before = summary.inner_text()
+            if act:
+                act()
+                _text_when(page, summary, f"el.innerText !== {json.dumps(before)}")
+            run.steps.append(ExplorerStep(name, **widget.evaluate(JS_EXPLORER_STEP)))
+
+        def type_prompt() -> None:
+            box = widget.locator(".bloomlib-explorer-prompt input")
+            box.fill(prompt)
+            box.press("Enter")
+
+        def slide() -> None:
+            handle = widget.locator(".bloomlib-explorer-temperature .noUi-handle")
+            handle.focus()
+            for _ in range(presses):
+                handle.press(key)
+            readout = widget.locator(".bloomlib-explorer-temperature .widget-readout").inner_text().strip()
+            # every press is a change the kernel answers: wait for the one of the slider's final value
+            _text_when(page, summary, f"el.innerText.includes({json.dumps(f'| T {readout}')})")
+
+        step("start")
+        step("prompt", type_prompt)
+        step("temperature", slide)
+        step("sample", lambda: widget.locator("button.bloomlib-explorer-sample").click())
+        run.n_clicks = 1
+        run.cells = page.evaluate(JS_REPORT, path)
+        run.screenshot = _screenshot(page, screenshot)
+    return run
+
+
+def explorer_problems(run: ExplorerRun, prompt: str) -> list[str]:
+    """What went wrong exploring: errors in the notebook, a step the widget did not answer (summary, chips, prompt
+    box or chart unchanged), a sample that did not add exactly one token."""
+    out = [p for p in lesson_problems(run) if not p.startswith("page error")]
+    out += [f"page error: {e}" for e in run.page_errors if any(m in e for m in JS_ERRORS)]
+    if len(run.steps) != 4:
+        return out + [f"only {len(run.steps)} of 4 steps were recorded"]
+    start, typed, slid, sampled = run.steps
+    where = f"cell {run.cell}"
+    if typed.prompt != prompt or typed.summary == start.summary:
+        out.append(f"{where}: after typing {prompt!r} the prompt box shows {typed.prompt!r} and the summary "
+                   f"{'did not change' if typed.summary == start.summary else 'reads ' + repr(typed.summary)}")
+    for s in run.steps:
+        if not s.summary.startswith(f"Explorer: {s.chips} token"):
+            out.append(f"{where}: after {s.name}, {s.chips} token chips but the summary reads {s.summary!r}")
+    if slid.temperature == typed.temperature:
+        out.append(f"{where}: the temperature slider did not move (readout {slid.temperature!r})")
+    if slid.summary == typed.summary or slid.chart == typed.chart:
+        out.append(f"{where}: moving the temperature did not change the distribution shown (summary "
+                   f"{'unchanged' if slid.summary == typed.summary else 'changed'}, chart "
+                   f"{'unchanged' if slid.chart == typed.chart else 'changed'})")
+    if sampled.chips != slid.chips + 1 or not sampled.prompt.startswith(prompt) or sampled.prompt == prompt:
+        out.append(f"{where}: after 'Sample next token' {sampled.chips} chips (before {slid.chips}) and the prompt "
+                   f"box shows {sampled.prompt!r}")
     return out
 
 

@@ -7,7 +7,7 @@ every figure shows as an image, every BertViz view draws its SVG. Notebooks are 
 another. Screenshots go to artifacts/browser/. The two fixture notebooks prove the checks pass on working
 output and report each kind of breakage. A Prediction is answered in the page as a learner would (run up to it,
 pick a choice, "Lock in", run on to its reveal): in the prediction fixture, and the first one of every lesson
-that has one.
+that has one. The explorer fixture is typed into, slid and sampled as a learner would (`labdriver.explore`).
 
 Needs Debian's Chromium (`sudo apt-get install chromium`): skipped without it, failed without it under CI=true.
 """
@@ -58,6 +58,12 @@ class Session:
     def answer(self, rel: str, name: str, **kwargs) -> lab.PredictionRun:
         run = lab.answer_prediction(self.browser, self.server, rel, timeout=TIMEOUT,
                                     screenshot=ARTIFACTS / f"{name}.png", **kwargs)
+        self.times[name] = (run.seconds, lab.summary(run))
+        return run
+
+    def explore(self, rel: str, name: str, **kwargs) -> lab.ExplorerRun:
+        run = lab.explore(self.browser, self.server, rel, timeout=TIMEOUT, screenshot=ARTIFACTS / f"{name}.png",
+                          **kwargs)
         self.times[name] = (run.seconds, lab.summary(run))
         return run
 
@@ -139,6 +145,38 @@ def test_prediction_fixture_run_all_with_nobody_clicking(session):
     assert lab.lesson_problems(run) == [], lab.report(run, lab.lesson_problems(run))
     assert run.n_clicks == 0, "a revealed (locked) prediction should not be clicked"
     assert "Answer: 4×. (No prediction was locked in.)" in run.cells[3]["text"]
+
+
+def test_explorer_fixture_typed_slid_and_sampled_in_the_page(session):
+    """Type a prompt, move the temperature slider (keyboard, 10 steps down), click "Sample next token": the kernel
+    answers each step in the page; the chips are the course tokenizer's tokens, one more after the sample."""
+    from bloomlib.checkpoint import COURSE_MODEL
+    from bloomlib.tokenizer import load_tokenizer
+
+    prompt, tokenizer = "Attention is all", load_tokenizer(COURSE_MODEL / "tokenizer.json")
+    run = session.explore("fixtures/explorer.ipynb", "fixture_explorer", prompt=prompt)
+    assert lab.explorer_problems(run, prompt) == [], lab.report(run, lab.explorer_problems(run, prompt))
+    start, typed, slid, sampled = run.steps
+    assert start.chips == len(tokenizer.encode("The attention of")), "the fixture's own prompt"
+    assert (typed.chips, sampled.chips) == (len(tokenizer.encode(prompt)), len(tokenizer.encode(prompt)) + 1)
+    assert (typed.temperature, slid.temperature) == ("1.00", "0.50")
+    assert "| T 1.00," in typed.summary and "| T 0.50," in slid.summary
+
+
+def test_explorer_problems_are_reported():
+    """A run whose kernel answered nothing after the start: each step that did not happen is reported."""
+    line = "Explorer: 4 tokens | layer 0 head 0 | T 1.00, top-k off, top-p off | 512 of 512 kept | next: '␣the' 0.3"
+    steps = [lab.ExplorerStep(name, line, 4, "The attention of", "1.00", "blob:1")
+             for name in ("start", "prompt", "temperature", "sample")]
+    steps[3].chips = 6
+    run = lab.ExplorerRun("nb.ipynb", cell=1, steps=steps)
+    problems = "\n".join(lab.explorer_problems(run, "Attention is all"))
+    for needle in ["after typing 'Attention is all' the prompt box shows 'The attention of' and the summary did not "
+                   "change", "the temperature slider did not move", "summary unchanged, chart unchanged",
+                   "after sample, 6 token chips but the summary reads", "after 'Sample next token' 6 chips (before 4)"]:
+        assert needle in problems, f"{needle!r} not reported:\n{problems}"
+    assert lab.explorer_problems(lab.ExplorerRun("nb.ipynb", steps=steps[:2]), "x") == [
+        "only 2 of 4 steps were recorded"]
 
 
 def test_prediction_problems_are_reported():
