@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from bloomlib import GPT, GPTConfig
 from bloomlib.analysis.scaling import (BESIROGLU_2024, HOFFMANN_2022, ChinchillaFit, bootstrap_fits,
                                        chinchilla_loss, compute_optimal, count_parameters, evaluate_loss,
                                        fit_chinchilla, fit_intervals, isoflop_curve, ladder_table, training_cost)
 from bloomlib.training import zoo
+from test_zoo import rebuild_with_recorded_command
 
 # 15 points over 3 decades of N and of D (a 5 x 3 grid, like the ladder's)
 GRID_N = np.repeat(np.geomspace(1e7, 1e10, 5), 3)
@@ -227,21 +223,6 @@ def test_recorded_command_rebuilds_the_smallest_ladder_model(tmp_path):
     """The smallest model on the fewest steps, rebuilt by its recorded command (same thread count): the same
     weights (on one machine the CPU kernels are deterministic)."""
     name = min(LADDER, key=lambda n: (zoo.zoo_model(n).config.d_model, zoo.zoo_model(n).train.steps))
-    meta = zoo.load_zoo_model(name).meta
-    args = shlex.split(meta["command"])
-    assert args[:4] == ["python", "-m", "bloomlib.training.zoo", "lesson05"]
-    args = args[3:]
-    args[args.index("--out") + 1] = str(tmp_path)
-    while "--only" in args:  # the recorded command built the whole ladder; rebuild this model alone
-        i = args.index("--only")
-        del args[i:i + 2]
-    short = name.removeprefix("lesson05/")
-    args += ["--only", short, "--threads", str(meta["threads"]), "--no-progress"]
-    out = subprocess.run([sys.executable, "-m", "bloomlib.training.zoo", *args], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    shipped_weights = load_file(zoo.ASSETS / name / "model.safetensors")
-    rebuilt = load_file(Path(tmp_path) / short / "model.safetensors")
-    assert shipped_weights.keys() == rebuilt.keys()
+    shipped_weights, rebuilt = rebuild_with_recorded_command(name, tmp_path)
     for key in shipped_weights:
         assert torch.allclose(shipped_weights[key], rebuilt[key], rtol=0, atol=1e-6), key
