@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -55,6 +56,28 @@ def notebook_fixtures(source_path: Path, exercise_path: Path):
 def variant(template: str, correct: dict[str, object], **changes: object) -> str:
     """An answer written from ``template``: its fields filled from ``correct`` with ``changes`` applied."""
     return template.format(**{**correct, **changes})
+
+
+def edited(source: NotebookNode, answer: str, *pairs: tuple[str, str]) -> str:
+    """The solution code of ``answer`` with each (old, new) replacement applied (old must occur in it)."""
+    code = solution_code(next(c for c in source.cells if gid(c) == answer))
+    for old, new in pairs:
+        assert old in code, f"mutation target not found in {answer}: {old!r}"
+        code = code.replace(old, new)
+    return code
+
+
+def edit_variants(source: NotebookNode, table) -> tuple[list[Mistake], list[Accepted]]:
+    """Rows (answer id, [(old, new), ...], test id or None, words) as Mistakes (the test must lose points with the
+    words in its feedback) and, for a test id None, Accepted answers (every test of the answer passes)."""
+    mistakes, accepted = [], []
+    for answer, pairs, test, words in table:
+        code = edited(source, answer, *pairs)
+        if test is None:
+            accepted.append(Accepted(answer, code))
+        else:
+            mistakes.append(Mistake(answer, code, test, words))
+    return mistakes, accepted
 
 
 def gid(cell) -> str | None:
@@ -157,7 +180,54 @@ def grade_variants(source: NotebookNode, exercise: NotebookNode, mistakes: Itera
     return {q["id"]: q for q in grading.grade_notebook(sub, source=src, timeout=timeout)["questions"]}
 
 
+# ------------------------------------------------------------------------------------------ lessons
+def assert_lesson_house_rules(lesson_path: Path, verbs: list[str]) -> None:
+    """Intro (objectives, study time, prerequisites), objectives led by a Bloom verb of the level, a summary that
+    says how to grade the exercise, slide metadata on every cell, seeds and threads fixed first, outputs committed,
+    plots titled and backed by an assert."""
+    nb = nbformat.read(lesson_path, as_version=4)
+    intro, summary = nb.cells[0].source, "\n".join(c.source for c in nb.cells[-3:] if c.cell_type == "markdown")
+    assert "Learning objectives" in intro and "study time" in intro.lower() and "Prerequisites" in intro
+    declared = nb.metadata.get("bloomlib", {}).get("objectives")
+    if declared:
+        first_words = [o["text"].split()[0].lower().strip(",") for o in declared]
+    else:  # TODO(#16): lessons 01-03 move to declared objectives; then only that branch stays
+        first_words = [w.lower() for w in re.findall(r"^\d\. \*\*(\w+)\*\*", intro, re.M)]
+    assert 4 <= len(first_words) <= 8 and set(first_words) <= set(verbs), first_words
+    assert "Summary" in summary and f"bloomlib grade exercises/{lesson_path.name}" in summary
+    assert all(c.metadata.get("slideshow", {}).get("slide_type") for c in nb.cells)
+    first_code = next(c.source for c in nb.cells if c.cell_type == "code")
+    assert "bloomlib.seed_everything(0)" in first_code and "torch.set_num_threads(2)" in first_code
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.execution_count is not None, "commit lessons executed, with their outputs"
+            if "plt.subplots" in cell.source or "plot_attention(" in cell.source:
+                assert "assert " in cell.source and "plt.show()" in cell.source, cell.source[:80]
+                assert ".set(title=" in cell.source or "set_title" in cell.source or "plot_attention(" in cell.source
+
+
 # ------------------------------------------------------------------------------------------ the checks
+def assert_graded_as_planned(graded: dict[str, dict], source: NotebookNode, mistakes: list[Mistake],
+                             accepted: list[Accepted], total_points: int) -> None:
+    """Full marks for the solution (worth ``total_points``), 0 for every blank test, every mistake caught with its
+    words, every accepted answer at full marks, no hidden source in any feedback."""
+    assert_full_marks(graded, source)
+    assert sum(graded[t]["max_score"] for t in graded_test_ids(source)) == total_points
+    assert [graded[f"{t}~blank"] for t in graded_test_ids(source) if graded[f"{t}~blank"]["score"] != 0] == []
+    for k in range(len(mistakes)):
+        assert_mistake_loses_points(graded, mistakes, k)
+    for k in range(len(accepted)):
+        assert_accepted(graded, source, accepted, k)
+    assert_no_hidden_source(graded, source, more_than=10)
+
+
+def assert_no_bloomlib_in_code(*notebooks: NotebookNode) -> None:
+    """No code cell mentions bloomlib: the exercise is answered with torch, math and numpy alone."""
+    for nb in notebooks:
+        for cell in nb.cells:
+            assert cell.cell_type != "code" or "bloomlib" not in cell.source, gid(cell)
+
+
 def assert_full_marks(graded: dict[str, dict], source: NotebookNode, suffix: str = "") -> None:
     """Every test of the solution (or of the variants with ``suffix``) scores full marks without feedback."""
     got = [graded[t + suffix] for t in graded_test_ids(source)]

@@ -408,3 +408,33 @@ def test_standard_nbgrader_course_end_to_end(tmp_path, source, exercise):
     ours = grading.grade_notebook(submission, source=SOURCE)
     assert raw_score == ours["score"] == ours["max_score"] - 1
     assert max_score == ours["max_score"]
+
+
+# ------------------------------------------------------------------------------------ check my notebook
+def test_check_my_notebook_grades_the_saved_copy(tmp_path, monkeypatch, capsys, source, exercise):
+    """The in-notebook check grades the file on disk like `bloomlib grade` (a learner's slip costs its point)."""
+    for var in (grading.GRADING_ENV, "NBGRADER_EXECUTION"):
+        monkeypatch.delenv(var, raising=False)
+    nbformat.write(harness.fill(exercise, source, {"heads": _heads(merge="x.reshape(B, T, H * hd)")}),
+                   tmp_path / EXERCISE.name)
+    monkeypatch.chdir(tmp_path)
+    result = grading.check_my_notebook(EXERCISE.name, solutions_dir=SOURCE.parent)
+    out = capsys.readouterr().out
+    assert result["score"] == result["max_score"] - 1
+    assert f"Grading {EXERCISE.name} as saved at" in out and "save first" in out
+    assert out.splitlines()[-1].split() == ["total", f"{result['score']:g}/{result['max_score']:g}"]
+    with pytest.raises(ValueError, match="no saved notebook 'nope.ipynb'.*save it first"):
+        grading.check_my_notebook("nope.ipynb")
+
+
+def test_check_my_notebook_does_nothing_inside_a_grading_run(tmp_path, monkeypatch, capsys):
+    """Inside `bloomlib grade`'s kernel, and under nbgrader's NBGRADER_EXECUTION, the check never grades itself."""
+    cell = nbformat.v4.new_code_cell("from bloomlib.course.grading import check_my_notebook\n"
+                                     "print(check_my_notebook('missing.ipynb'))")
+    ran = grading.execute(nbformat.v4.new_notebook(cells=[cell]), cwd=tmp_path)
+    assert "".join(o.get("text", "") for o in ran.cells[0].outputs) == \
+        "check_my_notebook: skipped inside a grading run\nNone\n"
+    monkeypatch.delenv(grading.GRADING_ENV, raising=False)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    assert grading.check_my_notebook("missing.ipynb") is None
+    assert capsys.readouterr().out == "check_my_notebook: skipped inside a grading run\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ EXERCISES_DIR = REPO / "exercises"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _FEEDBACK_CHARS = 500
+GRADING_ENV = "BLOOMLIB_GRADING"  # set in the kernel of a grading run; nbgrader sets NBGRADER_EXECUTION in its own
 
 
 def _meta(cell: NotebookNode) -> dict:
@@ -185,7 +187,8 @@ def execute(nb: NotebookNode, timeout: float = 60.0, cwd: Path | None = None) ->
         client = NotebookClient(nb, timeout=int(timeout), allow_errors=True, interrupt_on_timeout=False,
                                 kernel_name="python3", record_timing=False,
                                 resources={"metadata": {"path": str(cwd or Path.cwd())}})
-        with client.setup_kernel(stderr=subprocess.DEVNULL):  # not the kernel's own log lines
+        # GRADING_ENV tells a "check my notebook" cell that it runs inside a grading run (see check_my_notebook)
+        with client.setup_kernel(stderr=subprocess.DEVNULL, env={**os.environ, GRADING_ENV: "1"}):
             for i in done:
                 if not _meta(nb.cells[i]).get("grade"):
                     client.execute_cell(copy.deepcopy(nb.cells[i]), i)
@@ -312,6 +315,25 @@ def _table(result: dict) -> str:
     auto = f"{result['score']:g}/{result['max_score'] - manual:g}"
     rows.append(f"{'total':<{w}}  {auto}" + (f" marked automatically, + {manual:g} points marked by hand" if manual else ""))
     return "\n".join(rows)
+
+
+def check_my_notebook(name: str, solutions_dir: str | Path | None = None, timeout: float = 60.0) -> dict | None:
+    """Grade the saved copy of the exercise ``name`` (in the working directory, i.e. the notebook's own folder) and
+    print the table of `bloomlib grade`: the "check my notebook" cell of an exercise. Inside a grading run
+    (`bloomlib grade`, nbgrader's autograde or validate) it prints one line and returns None, so grading never
+    grades itself. Returns the result dict otherwise (a cell ending in ``;`` hides it)."""
+    if os.environ.get(GRADING_ENV) or os.environ.get("NBGRADER_EXECUTION"):
+        print("check_my_notebook: skipped inside a grading run")
+        return None
+    path = Path(name)
+    if not path.is_file():
+        raise ValueError(f"check_my_notebook: no saved notebook {path.name!r} in {Path.cwd()}: run this cell from "
+                         "the exercise notebook itself, and save it first (Ctrl+S / Cmd+S)")
+    saved = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%H:%M:%S")
+    print(f"Grading {path.name} as saved at {saved} (save first to grade your latest answers) ...", flush=True)
+    result = grade_notebook(path, solutions_dir=solutions_dir, timeout=timeout)
+    print(_table(result))
+    return result
 
 
 # ------------------------------------------------------------------------------------------------- CLI
