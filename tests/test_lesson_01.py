@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 LESSON = REPO / "notebooks" / "01_remember.ipynb"
 SOURCE = REPO / "solutions" / "01_remember.ipynb"
 EXERCISE = REPO / "exercises" / "01_remember.ipynb"
-TOTAL_POINTS = 12
+TOTAL_POINTS = 20
 
 # the 15 headings of the seed article's "Remembering" list
 SEED_TERMS = ["Self-attention", "Multi-head attention", "Query, Key, Value (Q, K, V)", "Attention score", "Softmax",
@@ -81,6 +81,43 @@ MISTAKES_01 = [
      "test_block_order", "post-LN order"),
     ("short_answers", [('needs_causal_mask = "decoder"', 'needs_causal_mask = "encoder"')], "test_needs_causal_mask",
      "it is the decoder"),
+    # part 4: shapes (a function: the hidden checks try a second size)
+    ("shapes", [('"q": (B, n_heads, T, head_dim)', '"q": (B, n_heads, T, d_model)')], "test_shapes_q",
+     "each head gets d_model / n_heads"),
+    ("shapes", [('"q": (B, n_heads, T, head_dim)', '"q": (B, T, n_heads, head_dim)')], "test_shapes_q",
+     "heads come before positions"),
+    ("shapes", [('"scores": (B, n_heads, T, T)', '"scores": (B, n_heads, T, head_dim)')], "test_shapes_scores",
+     "T x T, not T x head_dim"),
+    ("shapes", [('"scores": (B, n_heads, T, T)', '"scores": (B, T, T)')], "test_shapes_scores",
+     "the heads axis stays"),
+    ("shapes", [('"ffn_hidden": (B, T, 4 * d_model)', '"ffn_hidden": (B, T, d_model)')], "test_shapes_ffn",
+     "widens to 4 x d_model"),
+    ("shapes", [('return {', 'return {"q": (2, 4, 10, 16), "scores": (2, 4, 10, 10), "ffn_hidden": (2, 10, 256)} or {')],
+     "test_shapes_q", "q for (3, 7, 48, 6)"),  # the visible example's numbers, hard-coded
+    ("shapes", [('"q": (B, n_heads, T, head_dim)', '"q": [B, n_heads, T, head_dim]')], None, ""),
+    # part 5: masks
+    ("masks", [('"the encoder of a translation model": "full"', '"the encoder of a translation model": "causal"')],
+     "test_mask_by_task", "reads the whole source sentence"),
+    ("masks", [('"the decoder of a translation model": "causal"', '"the decoder of a translation model": "full"')],
+     "test_mask_by_task", "even though it also reads the encoder"),
+    ("masks", [('"BERT classifying a sentence": "full"', '"BERT classifying a sentence": "causal"')],
+     "test_mask_by_task", "BERT is an encoder"),
+    ("masks", [('padding_mask_hides = "B"', 'padding_mask_hides = "A"')], "test_padding_mask",
+     "the causal mask's job"),
+    ("masks", [('padding_mask_hides = "B"', 'padding_mask_hides = "C"')], "test_padding_mask", "[MASK] tokens"),
+    ("masks", [('"BERT classifying a sentence": "full"', '"BERT classifying a sentence": "Bidirectional"'),
+               ('padding_mask_hides = "B"', 'padding_mask_hides = "b)"')], None, ""),
+    # part 6: what a term changes
+    ("term_effects", [('raise_temperature = "B"', 'raise_temperature = "A"')], "test_effect_temperature",
+     "that is lowering the temperature"),
+    ("term_effects", [('raise_temperature = "B"', 'raise_temperature = "C"')], "test_effect_temperature",
+     "keeps their order"),
+    ("term_effects", [('residual_adds = "C"', 'residual_adds = "B"')], "test_effect_residual",
+     "the positional encoding is added once"),
+    ("term_effects", [('context_window_limits = "D"', 'context_window_limits = "A"')], "test_effect_context",
+     "the vocabulary counts distinct tokens"),
+    ("term_effects", [('context_window_limits = "D"', 'context_window_limits = "B"')], "test_effect_context",
+     "the batch size counts sequences"),
 ]
 
 
@@ -94,10 +131,60 @@ def graded(source, exercise):
     return harness.grade_variants(source, exercise, mistakes, accepted, timeout=120), mistakes, accepted
 
 
+CHECK_CELL = "check_my_notebook"
+
+
 def test_exercise_does_not_import_bloomlib(source, exercise):
-    harness.assert_no_bloomlib_in_code(source, exercise)
+    """Answered with torch, math and numpy alone: the one code cell that names bloomlib is the last one, the
+    locked "check my notebook" cell (graded nothing, skipped inside a grading run)."""
+    for nb in (source, exercise):
+        named = [harness.gid(c) for c in nb.cells if c.cell_type == "code" and "bloomlib" in c.source]
+        assert named == [CHECK_CELL], named
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        check = code[-1]
+        assert harness.gid(check) == CHECK_CELL and "nbval-ignore-output" in check.metadata.get("tags", [])
+        assert {k: check.metadata.nbgrader.get(k) for k in ("grade", "solution", "locked", "schema_version")} == {
+            "grade": False, "solution": False, "locked": True, "schema_version": 3}
+        assert 'check_my_notebook("01_remember.ipynb")' in check.source
+        harness.assert_no_bloomlib_in_code(harness.cut(nb, {harness.gid(c) for c in code[:-1]}))
+
+
+def test_check_my_notebook_cell_grades_the_saved_exercise(tmp_path, monkeypatch, source, exercise, capsys):
+    """The cell's own code, run from the exercise's folder on a saved, half-answered copy, prints the table of
+    `bloomlib grade` with those points (and nothing but one line inside a grading run)."""
+    from bloomlib.course import grading
+
+    nbformat.write(harness.fill(exercise, source, {"shapes": "def attention_shapes(B, T, d_model, n_heads):\n"
+                                                            "    raise NotImplementedError()"}),
+                   tmp_path / EXERCISE.name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(grading.GRADING_ENV, raising=False)
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    check = next(c for c in exercise.cells if harness.gid(c) == CHECK_CELL)
+    exec(compile(check.source, "check_my_notebook", "exec"), {})
+    out = capsys.readouterr().out
+    assert "Grading 01_remember.ipynb" in out and f"{TOTAL_POINTS - 3}" in out and "test_shapes_q" in out, out
+    monkeypatch.setenv(grading.GRADING_ENV, "1")
+    exec(compile(check.source, "check_my_notebook", "exec"), {})
+    assert capsys.readouterr().out.strip() == "check_my_notebook: skipped inside a grading run"
 
 
 def test_exercise_is_graded_as_planned(graded, source):
     """Blank 0, the solution full marks, each mistake caught with its feedback, other spellings accepted."""
     harness.assert_graded_as_planned(*graded[:1], source, *graded[1:], TOTAL_POINTS)
+
+
+@pytest.mark.slow
+def test_standard_nbgrader_course_agrees(tmp_path, source, exercise):
+    """nbgrader's generate_assignment gives our exercise; its autograde scores a submission as we do (the check
+    cell is skipped inside nbgrader's run)."""
+    from bloomlib.course import grading
+
+    released = harness.nbgrader_release(tmp_path, SOURCE)
+    assert grading.normalize(released) == grading.normalize(exercise)
+    submission = harness.fill(released, source, {"term_effects": 'raise_temperature = "A"\nresidual_adds = "C"\n'
+                                                                 'context_window_limits = "A"'})
+    raw_score, max_score = harness.nbgrader_autograde(tmp_path, SOURCE, submission)
+    ours = grading.grade_notebook(submission, source=SOURCE)
+    assert raw_score == ours["score"] == TOTAL_POINTS - 2
+    assert max_score == ours["max_score"] == TOTAL_POINTS
