@@ -6,7 +6,8 @@
 Grading uses nbgrader's own rules (``nbgrader.utils.determine_grade``) without a course or database: the
 submission's locked and test cells are restored from its source notebook (hidden tests included; deleted ones put
 back), then it runs cell by cell in a fresh kernel; a crash or timeout restarts the kernel, replays the cells that
-ran before, and goes on. Feedback is the failing assertion's message only, never test source.
+ran before, and goes on. Feedback is the failing assertion's message only, never test source. An answer that imports
+or calls bloomlib, or a call its question forbids, scores that question 0 (bloomlib.course.integrity).
 
 The folders default to the checkout's solutions/ and exercises/; bloomlib installed without the checkout has none,
 and then says to pass them (``--solutions DIR`` / ``solutions_dir=``, ``--exercises DIR`` / ``exercises_dir=``).
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import nbformat
 from nbformat import NotebookNode
+
+from bloomlib.course import integrity
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: bloomlib/course/grading.py -> repository root
 SOLUTIONS_DIR = REPO / "solutions"  # the defaults, used only when they exist (see solutions_folder)
@@ -302,7 +305,7 @@ def grade_notebook(submission: str | Path | NotebookNode, source: str | Path | N
         source = find_source(Path(name), solutions_dir)
     src = source if isinstance(source, NotebookNode) else nbformat.read(source, as_version=4)
     name = name or (Path(source).name if not isinstance(source, NotebookNode) else "notebook.ipynb")
-    executed = execute(assemble(submission, src), timeout=timeout, cwd=cwd)
+    executed = integrity.apply_report(execute(integrity.guard(assemble(submission, src)), timeout=timeout, cwd=cwd))
     return score(executed, src, name)
 
 
