@@ -14,6 +14,11 @@ LEARNER := $(VENV)/.learner-mode
 # README.md, "For instructors", shows how to turn them back on.
 NBGRADER_LAB := formgrader create-assignment assignment-list course-list
 NBGRADER_SERVER := formgrader assignment_list course_list
+# A learner's lab does not ask about Jupyter news or check for updates (it runs offline).
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+QUIET_LAB := {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}
+# Jupyter refuses to start as root without --allow-root; in a container or a cloud VM you often are root.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 .PHONY: lab test notebooks exercises bench clean venv
 
@@ -29,8 +34,14 @@ $(LEARNER): $(STAMP)
 	$(BIN)/jupyter server extension disable --sys-prefix $(addprefix nbgrader.server_extensions.,$(NBGRADER_SERVER))
 	touch $@
 
-lab: $(LEARNER)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
+$(LAB_OVERRIDES): $(STAMP)
+	mkdir -p $(dir $@)
+	printf '%s\n' '$(QUIET_LAB)' > $@
+
+# Opens on lesson 01; the file browser shows the whole course (notebooks/, exercises/).
+lab: $(LEARNER) $(LAB_OVERRIDES)
+	@$(if $(ROOT_ARGS),echo "make lab: you are root (a container or a VM?): starting JupyterLab with --allow-root")
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/01_remember.ipynb $(ROOT_ARGS) $(LAB_ARGS)
 
 # .venv/bin first on PATH: nbgrader runs `alembic` by name, tests start `bloomlib`, `jupyter`...
 test: $(STAMP)

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -250,3 +255,63 @@ def test_fill_answers_strips_markers_and_needs_every_answer():
     sol["cells"][0]["metadata"]["nbgrader"]["grade_id"] = "other"
     with pytest.raises(KeyError, match="q1"):
         lab.fill_answers(ex, sol)
+
+
+def _get_json(url: str) -> dict | list:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_make_lab_opens_lesson_01_without_asking_about_news(session, tmp_path):
+    """`make lab` as a learner runs it (here with --no-browser and a known port): the course folder is the root,
+    lesson 01 is what it opens, JupyterLab's news question is switched off by the override `make lab` writes, and
+    nothing pops up. As root (CI), `make lab` adds --allow-root by itself."""
+    port, token = lab.free_port(), secrets.token_hex(16)
+    args = (f"--no-browser --ip=127.0.0.1 --port={port} --port-retries=0 --IdentityProvider.token={token} "
+            "--LabApp.expose_app_in_browser=True")
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
+    log = tmp_path / "make_lab.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["make", "lab", f"LAB_ARGS={args}"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, f"make lab exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            try:
+                _get_json(f"{base}/api/status?token={token}")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"make lab did not serve in time:\n{log.read_text()[-3000:]}"
+                time.sleep(1)
+        if os.geteuid() == 0:
+            assert "starting JupyterLab with --allow-root" in log.read_text()
+        command = next(line for line in log.read_text().splitlines() if "jupyter lab" in line)
+        assert "notebooks/01_remember.ipynb" in command, command
+        names = {item["name"] for item in _get_json(f"{base}/api/contents?token={token}")["content"]}
+        assert {"notebooks", "exercises"} <= names, names
+        schema = _get_json(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification?token={token}")
+        assert schema["schema"]["properties"]["fetchNews"]["default"] == "false", schema["schema"]["properties"]
+        page = session.browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            page.goto(f"{base}/lab/tree/notebooks/01_remember.ipynb?token={token}", timeout=120000)
+            page.wait_for_function("() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                                   " return !!(w && w.context && w.context.isReady); }", timeout=120000)
+            assert page.evaluate("() => window.jupyterapp.shell.currentWidget.context.path") == \
+                "notebooks/01_remember.ipynb"
+            page.wait_for_timeout(5000)  # JupyterLab asks about news a moment after it starts, when it asks
+            toasts = page.locator(".Toastify__toast").all_inner_texts()
+            assert not any("news" in t.lower() for t in toasts), toasts
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "make_lab_first_screen.png"))
+        finally:
+            page.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
