@@ -1,5 +1,5 @@
-"""Attention heatmaps whose masked cells stand apart: the cells a mask hides are drawn in one flat colour that the
-heatmap's colour map never uses, with no number written in them, and a legend entry says what they are.
+"""Attention heatmaps whose masked cells stand apart: the cells a mask hides are drawn in the explorer's flat grey,
+a colour the heatmap's colour map never uses, with no number written in them, and a legend entry says what they are.
 
     ax = plot_masked_attention(weights, mask, tokens, "Causal self-attention")   # mask: True = may attend
 """
@@ -9,10 +9,10 @@ from typing import Sequence
 
 import torch
 
+from bloomlib.course.explorer import MASKED as MASKED_COLOUR  # the explorer's grey (outside viridis)
 from bloomlib.course.viz import plot_attention
 
-MASKED_COLOUR = "#d9d9d9"  # light grey: outside viridis (dark purple ... yellow), so a masked cell never reads as a weight
-MASKED_HATCH = "////"      # and hatched, so it also stands apart in grey-scale print
+MASKED_HATCH = "////"  # hatched as well, so a masked cell also stands apart in grey-scale print
 
 
 def plot_masked_attention(weights, mask, tokens: Sequence[str], title: str, *, ax=None,
