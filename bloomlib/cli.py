@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("bloomlib.cli", "generate_main", "generate text from a checkpoint"),
     "serve": ("bloomlib.serving.server", "main", "OpenAI-compatible server for a checkpoint"),
     "grade": ("bloomlib.course.grading", "main", "grade one exercise notebook"),
+    "progress": ("bloomlib.course.progress", "main", "grade all your exercises: progress by Bloom level"),
     "tp-demo": ("bloomlib.training.distributed", "main", "one MLP split over N CPU processes (tensor parallel)"),
 }
 BENCHES: dict[str, tuple[str, str, str]] = {

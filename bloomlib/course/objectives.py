@@ -3,7 +3,8 @@
 Conventions:
 - the lesson notebook (notebooks/NN_name.ipynb) declares, in its notebook metadata,
   ``metadata["bloomlib"] = {"level": "analyze", "study_minutes": 120,
-  "objectives": [{"id": "04.1", "text": "Analyze how ..."}, ...]}`` (ids "NN.k");
+  "objectives": [{"id": "04.1", "text": "Analyze how ...", "sections": ["1 · Quadratic cost: ..."]}, ...]}``
+  (ids "NN.k"; ``sections``: the titles of the lesson's '## ' sections that teach it, for `bloomlib progress`);
 - its nbgrader source (solutions/NN_name.ipynb) marks every graded cell (nbgrader ``grade: true``) with
   ``metadata["bloomlib"] = {"objectives": ["04.1", ...]}``;
 - the lesson's markdown lists each objective with its id in bold and the grade_ids that assess it on the same line:
@@ -141,7 +142,23 @@ def _metadata_problems(nb: Mapping, name: str) -> list[str]:
         seen.add(oid)
         if not isinstance(o.get("text"), str) or not o["text"].strip():
             out.append(f"{name}: objective {oid} has no text")
+        sections = o.get("sections")
+        if sections is not None and (not isinstance(sections, list) or not sections
+                                     or not all(isinstance(x, str) for x in sections)):
+            out.append(f"{name}: objective {oid}: sections must be a non-empty list of the lesson's section titles "
+                       f"(its '## ' headings, without the '## '), got {sections!r}")
+        elif sections is not None:
+            titles = section_titles(nb)
+            out += [f"{name}: objective {oid} names section {x!r}, which is not a '## ' heading of the lesson"
+                    for x in sections if x not in titles]
     return out
+
+
+def section_titles(lesson: NotebookLike) -> list[str]:
+    """The lesson's section titles: its markdown '## ' headings without the '## ', in order."""
+    nb, _ = _load(lesson, "the lesson")
+    return [line[3:].strip() for cell in nb["cells"] if cell.get("cell_type") == "markdown"
+            for line in _text(cell).splitlines() if line.startswith("## ")]
 
 
 def _graded_cell_problems(declared: set[str], cells: list, lesson_name: str, source_name: str) -> list[str]:
