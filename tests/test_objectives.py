@@ -16,6 +16,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from bloomlib.course import BLOOM_LEVELS, coverage, objective_problems
 from bloomlib.course.grading import release_notebook
+from bloomlib.course.objectives import section_titles
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = [{"id": "04.1", "text": "Analyze how attention's cost grows with sequence length."},
@@ -283,3 +284,16 @@ def test_course_lesson_objectives_are_all_assessed(lesson):
     source = REPO / "solutions" / lesson.name
     assert source.exists(), f"{lesson.name} has no nbgrader source {source}"
     assert objective_problems(lesson, source) == []
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def test_sections_must_be_the_lessons_own_section_titles():
+    """An objective may name the '## ' sections that teach it (what `bloomlib progress` tells a learner to revisit)."""
+    assert section_titles(_lesson()) == ["Objectives"]
+    good = [dict(OBJECTIVES[0], sections=["Objectives"]), OBJECTIVES[1]]
+    assert objective_problems(_lesson(objectives=good), _source()) == []
+    bad = [dict(OBJECTIVES[0], sections=["1 · Nowhere"]), dict(OBJECTIVES[1], sections="Objectives")]
+    problems = objective_problems(_lesson(objectives=bad), _source())
+    _one(problems, r"objective 04\.1 names section '1 · Nowhere', which is not a '## ' heading of the lesson")
+    _one(problems, r"objective 04\.2: sections must be a non-empty list .* got 'Objectives'")
+    assert len(problems) == 2
