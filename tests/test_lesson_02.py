@@ -5,16 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import pytest
 
 import grading_harness as harness
+from bloomlib.course import grading
 
 REPO = Path(__file__).resolve().parent.parent
 LESSON = REPO / "notebooks" / "02_understand.ipynb"
 SOURCE = REPO / "solutions" / "02_understand.ipynb"
 EXERCISE = REPO / "exercises" / "02_understand.ipynb"
-TOTAL_POINTS = 10
+TOTAL_POINTS = 17
 BLOOM_VERBS = ["explain", "describe", "compare", "summarize", "interpret", "classify"]
+OBJECTIVES = {f"02.{k}" for k in range(1, 8)}
+CHECK_CELL = "check_my_notebook"
 
 
 # ------------------------------------------------------------------------------------------- lesson
@@ -43,6 +48,41 @@ MISTAKES_02 = [
      "subtract each row's maximum"),
     ("attention_by_hand", [("return attention_weights(Q, K) @ V", "return attention_weights(Q, K).T @ V")], "test_output",
      "weights @ V, not weights.T @ V"),
+    ("strongest_key", [("strongest_key = 1 ", "strongest_key = 0 ")], "test_strongest_key", "not from which key looks most like"),
+    ("strongest_key", [("strongest_key = 1 ", "strongest_key = 2 ")], "test_strongest_key", "the values do not enter the weights"),
+    ("strongest_key", [("strongest_key = 1 ", "strongest_key = 1.0 ")], None, ""),
+    ("parallel_steps", [("rnn_steps = 512 ", "rnn_steps = 1 ")], "test_parallel_training", "h_t needs h_(t-1)"),
+    ("parallel_steps", [("rnn_steps = 512 ", "rnn_steps = 511 ")], "test_parallel_training", "the first token is a step too"),
+    ("parallel_steps", [("attention_steps = 1 ", "attention_steps = 512 * 512 ")], "test_parallel_training",
+     "are work, not steps"),
+    ("parallel_steps", [("attention_steps = 1 ", "attention_steps = 512 ")], "test_parallel_training",
+     "does not wait for earlier tokens"),
+    ("parallel_steps", [("generation_steps = 50 ", "generation_steps = 1 ")], "test_parallel_generation",
+     "generation stays sequential"),
+    ("parallel_steps", [("generation_steps = 50 ", "generation_steps = 60 ")], "test_parallel_generation",
+     "in one parallel pass, not one pass each"),
+    ("parallel_steps", [("generation_steps = 50 ", "generation_steps = 51 ")], "test_parallel_generation",
+     "already predicts the first new token"),
+    ("parallel_steps", [("generation_steps = 50 ", "generation_steps = 49 ")], "test_parallel_generation",
+     "not the number of sequential passes"),
+    ("residual_norm", [('residual_outcome = "b"', 'residual_outcome = "a"')], "test_residual_gradient",
+     "that is the residual stack"),
+    ("residual_norm", [('residual_outcome = "b"', 'residual_outcome = "c"')], "test_residual_gradient",
+     "contributions add up along a residual path"),
+    ("residual_norm", [('residual_outcome = "b"', 'residual_outcome = "d"')], "test_residual_gradient",
+     "never exactly 0"),
+    ("residual_norm", [('residual_outcome = "b"', 'residual_outcome = "b)"')], "test_residual_gradient",
+     "must be one letter in quotes"),
+    ("residual_norm", [('layer_norm_outcome = "c"', 'layer_norm_outcome = "a"')], "test_layer_norm_curve",
+     "could undo one fixed scale"),
+    ("residual_norm", [('layer_norm_outcome = "c"', 'layer_norm_outcome = "b"')], "test_layer_norm_curve",
+     "removes no obstacle to learning"),
+    ("residual_norm", [('layer_norm_outcome = "c"', 'layer_norm_outcome = "d"')], "test_layer_norm_curve",
+     "the loss stayed finite"),
+    ("residual_norm", [('residual_outcome = "b"', 'residual_outcome = " B "')], None, ""),
+    ("depth", [('depth_cause = "b"', 'depth_cause = "a"')], "test_depth_cause", "not a second look-up in a row"),
+    ("depth", [('depth_cause = "b"', 'depth_cause = "c"')], "test_depth_cause", "sees every digit"),
+    ("depth", [('depth_cause = "b"', 'depth_cause = "d"')], "test_depth_cause", "may spread over any number of tokens"),
     ("masks", [('"BERT (encoder-only)": "none", "GPT (decoder-only)": "causal"',
                 '"BERT (encoder-only)": "causal", "GPT (decoder-only)": "none"')], "test_masks_bert_gpt",
      "GPT needs a causal mask, BERT does not"),
@@ -51,7 +91,12 @@ MISTAKES_02 = [
     ("positions", [("attend(x_mbd)[2]", "attend(x_mbd)[0]")], "test_without_positions", "the dog is the last token"),
     ("positions", [("attend(x_mbd + positions(3, 8))[2]", "attend((x_dbm + positions(3, 8))[perm])[2]")],
      "test_with_positions", "positions were added before reordering"),
-    ("positions", [('reason = "B"', 'reason = "a"')], "test_reason", "softmax normalises any row of numbers"),
+    ("positions", [('reason = "B"', 'reason = "a"')], "test_reason", "dog's output does not depend on where dog stands"),
+    ("positions", [('reason = "B"', 'reason = "C"')], "test_reason", "the row index is bookkeeping"),
+    ("positions", [('reason = "B"', 'reason = "d"')], "test_reason", "this head has no causal mask"),
+    ("sinks", [('sink_cause = "b"', 'sink_cause = "a"')], "test_sink_cause", "it does not fetch a summary"),
+    ("sinks", [('sink_cause = "b"', 'sink_cause = "c"')], "test_sink_cause", "the heads do not spread evenly"),
+    ("sinks", [('sink_cause = "b"', 'sink_cause = "d"')], "test_sink_cause", "cannot give every token weight 0"),
 ]
 
 
@@ -66,9 +111,82 @@ def graded(source, exercise):
 
 
 def test_exercise_does_not_import_bloomlib(source, exercise):
-    harness.assert_no_bloomlib_in_code(source, exercise)
+    harness.assert_no_bloomlib_in_code(source, exercise, allowed=(CHECK_CELL,))
+
+
+def test_check_my_notebook_cell_closes_the_exercise(source, exercise):
+    """The last code cell, locked and read-only, grades the saved copy of this very exercise."""
+    for nb in (source, exercise):
+        cell = [c for c in nb.cells if c.cell_type == "code"][-1]
+        meta = cell.metadata.nbgrader
+        assert (meta["grade_id"], meta["grade"], meta["solution"], meta["locked"]) == (CHECK_CELL, False, False, True)
+        assert "nbval-ignore-output" in cell.metadata.get("tags", [])
+        assert f'check_my_notebook("{EXERCISE.name}")' in cell.source
+        assert "Done?" in nb.cells[nb.cells.index(cell) - 1].source
+    assert "check my notebook" in source.cells[0].source.lower() and f"bloomlib grade exercises/{EXERCISE.name}" in (
+        source.cells[0].source)
+
+
+def test_exercise_is_released_from_the_source(source, exercise):
+    assert grading.normalize(grading.release_notebook(source)) == grading.normalize(exercise)
+
+
+def _objectives(cell) -> list[str]:
+    return cell.get("metadata", {}).get("bloomlib", {}).get("objectives", [])
+
+
+def test_every_graded_cell_names_objectives_of_lesson_02(source):
+    graded = [c for c in source.cells if harness.is_test(c)]
+    for cell in graded:
+        assert _objectives(cell) and set(_objectives(cell)) <= OBJECTIVES, (harness.gid(cell), _objectives(cell))
+    assert {o for c in graded for o in _objectives(c)} == OBJECTIVES
+
+
+def test_points_table_and_headings_match_the_tests(source):
+    """Each part's heading and its row of the intro's table give the points and objectives of its test cells."""
+    rows = re.findall(r"^\| (\d+) \| .+? \| ([\d., ]+) \| (\d+) \|$", source.cells[0].source, re.M)
+    parts, current = [], None
+    for cell in source.cells:
+        heading = re.search(r"^## Part (\d+) · .+\((\d+) points?\)$", cell.source, re.M) if cell.cell_type == "markdown" else None
+        if heading:
+            current = {"number": heading[1], "points": int(heading[2]), "tests": []}
+            parts.append(current)
+        elif harness.is_test(cell) and current is not None:
+            current["tests"].append(cell)
+    assert len(rows) == len(parts) == 8
+    for (number, objectives, points), part in zip(rows, parts):
+        assert number == part["number"] and int(points) == part["points"] == sum(
+            t.metadata.nbgrader["points"] for t in part["tests"]), number
+        assert {o.strip() for o in objectives.split(",")} == {o for t in part["tests"] for o in _objectives(t)}
+    assert sum(int(r[2]) for r in rows) == TOTAL_POINTS
 
 
 def test_exercise_is_graded_as_planned(graded, source):
     """Blank 0, the solution full marks, each mistake caught with its feedback, other spellings accepted."""
     harness.assert_graded_as_planned(*graded[:1], source, *graded[1:], TOTAL_POINTS)
+
+
+def test_blank_exercise_scores_zero_with_a_named_reason(graded, source):
+    named = {t: f"{name} is not answered yet" for t, name in [
+        ("test_strongest_key", "strongest_key"), ("test_parallel_training", "rnn_steps"),
+        ("test_parallel_generation", "generation_steps"), ("test_residual_gradient", "residual_outcome"),
+        ("test_layer_norm_curve", "layer_norm_outcome"), ("test_depth_cause", "depth_cause"),
+        ("test_sink_cause", "sink_cause")]}
+    for t in harness.graded_test_ids(source):
+        q = graded[0][f"{t}~blank"]
+        assert q["score"] == 0 and (named[t] in q["feedback"] if t in named else q["feedback"]), q
+
+
+@pytest.mark.slow
+def test_standard_nbgrader_course_agrees(tmp_path, source, exercise):
+    """nbgrader's generate_assignment gives our exercise; its autograde scores a submission as we do (the check
+    cell skips itself inside nbgrader's run)."""
+    released = harness.nbgrader_release(tmp_path, SOURCE)
+    assert grading.normalize(released) == grading.normalize(exercise)
+    submission = harness.fill(released, source, {
+        "depth": 'depth_cause = "a"',
+        "parallel_steps": "rnn_steps, attention_steps, generation_steps = 512, 1, 1"})
+    raw_score, max_score = harness.nbgrader_autograde(tmp_path, SOURCE, submission)
+    ours = grading.grade_notebook(submission, source=SOURCE)
+    assert raw_score == ours["score"] == TOTAL_POINTS - 2
+    assert max_score == ours["max_score"] == TOTAL_POINTS
