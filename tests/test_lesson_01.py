@@ -188,3 +188,27 @@ def test_standard_nbgrader_course_agrees(tmp_path, source, exercise):
     ours = grading.grade_notebook(submission, source=SOURCE)
     assert raw_score == ours["score"] == TOTAL_POINTS - 2
     assert max_score == ours["max_score"] == TOTAL_POINTS
+
+
+def test_every_section_predicts_reveals_and_asserts_what_it_shows():
+    """Each of the 15 sections: a Prediction in its own cell before the experiment, its reveal in a later cell, and a
+    "What it shows" sentence with numbers, followed right away by a code cell that asserts; the lesson's first
+    Prediction is a choice (the browser test answers it)."""
+    nb = nbformat.read(LESSON, as_version=4)
+    starts = [i for i, c in enumerate(nb.cells) if re.match(r"## \d+ · ", c.source)] + [
+        next(i for i, c in enumerate(nb.cells) if c.source.startswith("## Try it live"))]
+    first = next(c for c in nb.cells if "Prediction(" in c.source and c.cell_type == "code" and "import" not in c.source)
+    assert "choices=" in first.source
+    for a, b in zip(starts, starts[1:]):
+        section = nb.cells[a:b]
+        title = section[0].source.splitlines()[0]
+        made = [(k, m.group(1)) for k, c in enumerate(section) if c.cell_type == "code"
+                for m in [re.match(r"(\w+) = Prediction\(", c.source)] if m]
+        assert len(made) == 1, title
+        k, name = made[0]
+        assert section[k].source.rstrip().endswith(name), f"{title}: the Prediction is shown in its own cell"
+        assert any(f"{name}.reveal(" in c.source for c in section[k + 1:]), f"{title}: no reveal after the prediction"
+        shows = [j for j, c in enumerate(section) if c.cell_type == "markdown" and "**What it shows:**" in c.source]
+        assert len(shows) == 1 and re.search(r"\d", section[shows[0]].source), f"{title}: what it shows, with numbers"
+        below = section[shows[0] + 1]
+        assert below.cell_type == "code" and re.search(r"^assert ", below.source, re.M), f"{title}: no assert right below"
