@@ -578,6 +578,48 @@ def explore(browser, server: LabServer, path: str, *, prompt: str, key: str = "A
     return run
 
 
+@dataclass
+class KeyboardRun(Run):
+    """A quiz question answered from the keyboard: which element had the focus after each key, what it said."""
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (key pressed, the focused element afterwards)
+    chosen: str = ""
+    feedback: str = ""
+
+
+JS_FOCUSED = """() => { const el = document.activeElement;
+  return el ? `${el.tagName.toLowerCase()}${el.type ? '[' + el.type + ']' : ''}: ${(el.innerText || el.value ||
+  (el.parentElement && el.parentElement.innerText) || '').trim().slice(0, 40)}` : 'none'; }"""
+
+
+def answer_quiz_by_keyboard(browser, server: LabServer, path: str, *, keys: list[str], timeout: float = 900.0,
+                            screenshot: Path | None = None) -> KeyboardRun:
+    """Restart and run all of `path`; give the focus to the first quiz question's first choice (where Tab brings
+    a keyboard user), then press `keys` one after another; return what was chosen, the feedback the kernel wrote,
+    and where the focus was after each key."""
+    run = KeyboardRun(path)
+    with _page(browser, server, run) as page:
+        _open_and_restart(page, server, path, timeout)
+        page.evaluate(JS_MARK_WIDGETS, path)
+        quiz = page.locator("[data-bl-widget] .bloomlib-quiz").first
+        quiz.wait_for(timeout=30000)
+        question = quiz.locator(".widget-radio-box").first.locator(
+            "xpath=ancestor::div[contains(@class, 'widget-vbox')][1]")
+        question.scroll_into_view_if_needed()
+        question.locator("input[type=radio]").first.focus()
+        run.keys.append(("(focus)", page.evaluate(JS_FOCUSED)))
+        for key in keys:
+            page.keyboard.press(key)
+            run.keys.append((key, page.evaluate(JS_FOCUSED)))
+        feedback = question.locator(".bloomlib-feedback")
+        run.feedback = _text_when(page, feedback, "el.innerText.trim() !== ''")
+        run.chosen = question.evaluate("el => Array.from(el.querySelectorAll('input[type=radio]'))"
+                                       ".filter(r => r.checked).map(r => r.parentElement.textContent.trim()).join()")
+        run.n_clicks = 0
+        run.cells = page.evaluate(JS_REPORT, path)
+        run.screenshot = _screenshot(page, screenshot)
+    return run
+
+
 def explorer_problems(run: ExplorerRun, prompt: str) -> list[str]:
     """What went wrong exploring: errors in the notebook, a step the widget did not answer (summary, chips, prompt
     box or chart unchanged), a sample that did not add exactly one token."""

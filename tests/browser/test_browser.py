@@ -66,6 +66,12 @@ class Session:
         self.times[name] = (run.seconds, lab.summary(run))
         return run
 
+    def keyboard(self, rel: str, name: str, **kwargs) -> lab.KeyboardRun:
+        run = lab.answer_quiz_by_keyboard(self.browser, self.server, rel, timeout=TIMEOUT,
+                                          screenshot=ARTIFACTS / f"{name}.png", **kwargs)
+        self.times[name] = (run.seconds, lab.summary(run))
+        return run
+
     def explore(self, rel: str, name: str, **kwargs) -> lab.ExplorerRun:
         run = lab.explore(self.browser, self.server, rel, timeout=TIMEOUT, screenshot=ARTIFACTS / f"{name}.png",
                           **kwargs)
@@ -131,6 +137,17 @@ def test_fixture_all_checks_fail(session):
         for needle in needles:
             assert any(line.startswith(f"cell {cell}:") and needle in line for line in problems.splitlines()), (
                 f"cell {cell} should be reported with {needle!r}; got:\n{problems}")
+
+
+def test_quiz_answered_with_the_keyboard_only(session):
+    """Accessibility: a quiz question is answered without the mouse: Tab moves from choice to choice (each radio
+    button is its own stop), Space chooses, Tab reaches Check, Enter presses it; the kernel's feedback appears.
+    (The arrow keys would not do: JupyterLab's command mode takes them to move between cells.)"""
+    run = session.keyboard("fixtures/all_checks_pass.ipynb", "fixture_quiz_keyboard", keys=["Tab", "Space", "Tab", "Enter"])
+    assert lab.lesson_problems(run) == [], lab.report(run, lab.lesson_problems(run))
+    assert run.chosen == "4", run.keys
+    assert run.keys[-2][1] == "button[submit]: Check", run.keys
+    assert run.feedback.startswith("✔ Correct."), run.feedback
 
 
 def test_prediction_fixture_answered_in_the_page(session):
