@@ -237,3 +237,31 @@ def test_bertviz_views_of_both_models_weights_carry_them(kv_recall, minilm):
             got = torch.tensor(params["attention"][0]["attn"], dtype=torch.float64)
             torch.testing.assert_close(got, torch.cat(att).double().round(decimals=4), atol=1e-4, rtol=0)
             assert params["attention"][0]["left_text"] == list(tokens)
+
+
+# ------------------------------------------------------------------------------------------ strongest_head
+def test_strongest_head_against_brute_force():
+    """The (layer, head) of the largest mean weight over the pairs, found by plain loops over every head."""
+    from bloomlib.analysis.heads import strongest_head
+
+    g = torch.Generator().manual_seed(0)
+    att = [torch.softmax(3 * torch.randn(1, 5, 9, 9, generator=g), -1) for _ in range(4)]
+    for pairs in ([(3, 1)], [(0, 8), (4, 2), (7, 7)], [(-1, 0)]):
+        best = (-1.0, None)
+        for layer in range(4):
+            for head in range(5):
+                w = sum(att[layer][0, head, q, k].item() for q, k in pairs) / len(pairs)
+                best = max(best, (w, (layer, head)), key=lambda t: t[0])
+        layer, head, weight = strongest_head(att, pairs)
+        assert (layer, head) == best[1] and math.isclose(weight, best[0], rel_tol=1e-6)
+        assert strongest_head(torch.stack(att), pairs)[:2] == (layer, head)
+
+
+def test_strongest_head_rejects_bad_input():
+    from bloomlib.analysis.heads import strongest_head
+
+    att = [torch.full((1, 2, 4, 4), 0.25)] * 3
+    for bad, match in ((att, "pairs must be"), ([], "non-empty list"), ([torch.ones(2, 2, 4, 4)] * 2, "one shape")):
+        with pytest.raises(ValueError, match=match):
+            strongest_head(bad, [(4, 0)] if bad is att else [(0, 0)])
+    assert strongest_head(att, [(1, 2)])[:2] == (0, 0)  # a tie goes to the first head

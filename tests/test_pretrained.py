@@ -146,3 +146,60 @@ def test_bert_config_rejects_other_layouts():
         pretrained.bert_config({**base, "hidden_act": "relu"})
     with pytest.raises(ValueError, match="position_embedding_type"):
         pretrained.bert_config({**base, "position_embedding_type": "relative_key"})
+
+
+# ------------------------------------------------------------------------------ words, tokens and attention
+WORDY = ["The keys to the cabinet are on the table.", "My sister bought a new bike and she rides it to work.",
+         "There the theme of the thesis: unbelievable tokenization, the end."]
+
+
+def test_word_token_index_matches_the_tokenizers_own_word_ids(loaded):
+    """Every whole word, every occurrence: the token is where transformers' char_to_token puts the word's first
+    character, and its word_ids() give that token the same word as the word's first token."""
+    import re
+
+    enc, tok, _ = loaded
+    for text in WORDY:
+        _, tokens, spans = pretrained.token_spans(tok, text)
+        batch = tok(text)
+        assert tokens == tok.convert_ids_to_tokens(batch["input_ids"])
+        seen = {}
+        for m in re.finditer(r"\w+", text):
+            nth = seen.get(m[0].lower(), 0)
+            seen[m[0].lower()] = nth + 1
+            got = pretrained.word_token_index(text, spans, m[0], nth)
+            assert got == batch.char_to_token(m.start()), (text, m[0], nth)
+            assert batch.word_ids()[got] == batch.word_ids()[batch.word_to_tokens(batch.char_to_word(m.start())).start]
+    with pytest.raises(ValueError, match="occurs 3 time"):
+        pretrained.word_token_index(WORDY[0], pretrained.token_spans(tok, WORDY[0])[2], "the", 3)
+    with pytest.raises(ValueError, match="occurs 0 time"):
+        pretrained.word_token_index(WORDY[2], pretrained.token_spans(tok, WORDY[2])[2], "them")  # not inside "theme"
+
+
+def test_read_attention_is_the_models_own_attention(loaded):
+    enc, tok, hf = loaded
+    text = WORDY[1]
+    tokens, spans, att = pretrained.read_attention(enc, tok, text)
+    batch = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        ref = hf(**batch, output_attentions=True).attentions
+    assert len(att) == len(ref) == enc.config.n_layer and len(tokens) == len(spans) == batch["input_ids"].shape[1]
+    for ours, theirs in zip(att, ref):
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_token_spans_of_bloomlib_tokenizers_cover_the_text():
+    """Against the text itself: the spans tile it, and each token's span is what its id decodes to (bytes split
+    inside a character go to the token holding its last byte)."""
+    from bloomlib.tokenizer import CharTokenizer
+
+    text = "héllo wörld, naïve café"
+    tok = CharTokenizer.train("hello world")  # é, ö, ï fall back to bytes
+    ids, tokens, spans = pretrained.token_spans(tok, text)
+    assert ids == tok.encode(text) and "".join(tokens) == text
+    assert [a for a, _ in spans[1:]] == [b for _, b in spans[:-1]] and spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert pretrained.word_token_index(text, spans, "café") == len(tok.encode(text[:text.index("café")]))
+    with pytest.raises(ValueError, match="non-empty str"):
+        pretrained.token_spans(tok, "")
+    with pytest.raises(ValueError, match="fast tokenizer"):
+        pretrained.token_spans(object(), "text")

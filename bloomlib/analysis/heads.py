@@ -183,3 +183,26 @@ def attention_weights(model: nn.Module, ids: Tensor, *, attention_mask: Tensor |
     with evaluating(model):
         _, weights = model(ids, return_attention=True, **kwargs)
     return [w.clone() for w in weights]  # ordinary tensors (inference_mode's are read-only outside it)
+
+
+def strongest_head(weights_per_layer: Sequence[Tensor], pairs: Sequence[tuple[int, int]]) -> tuple[int, int, float]:
+    """(layer, head, weight): the head whose weight from query q to key k, averaged over the (q, k) `pairs`, is the
+    largest (the first such head in layer-then-head order on a tie). weights_per_layer: one (1, H, T, T) tensor per
+    layer (attention_weights' list for one sequence), or them stacked (n_layer, 1, H, T, T)."""
+    if isinstance(weights_per_layer, Tensor) and weights_per_layer.dim() == 5:
+        weights_per_layer = list(weights_per_layer)
+    if isinstance(weights_per_layer, Tensor) or len(weights_per_layer) == 0:
+        raise ValueError("weights_per_layer must be a non-empty list of (1, heads, T, T) tensors, one per layer")
+    shapes = {tuple(w.shape) if isinstance(w, Tensor) else None for w in weights_per_layer}
+    shape = shapes.pop() if len(shapes) == 1 else None
+    if shape is None or len(shape) != 4 or shape[0] != 1 or shape[2] != shape[3]:
+        raise ValueError(f"every layer's weights must have one shape (1, heads, T, T), got {sorted(map(str, shapes | {shape}))}")
+    pairs = [tuple(p) for p in pairs]
+    T = shape[-1]
+    if not pairs or any(len(p) != 2 or not all(isinstance(i, int) and -T <= i < T for i in p) for p in pairs):
+        raise ValueError(f"pairs must be a non-empty list of (query, key) token indices below T={T}, got {pairs}")
+    stacked = torch.stack([w[0] for w in weights_per_layer])          # (layers, H, T, T)
+    q, k = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+    mean = stacked[:, :, q, k].mean(-1)                                 # (layers, H)
+    layer, head = divmod(int(mean.flatten().argmax()), mean.shape[1])
+    return layer, head, float(mean[layer, head])

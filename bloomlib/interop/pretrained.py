@@ -157,3 +157,57 @@ def semantic_search(encoder: Encoder, tokenizer, query: str, documents: list[str
     scores = emb[1:] @ emb[0]
     top = scores.topk(min(k, len(documents)))
     return [(float(s), documents[j]) for s, j in zip(top.values, top.indices)]
+
+
+# ------------------------------------------------------------------------------ words, tokens and attention
+def token_spans(tokenizer, text: str) -> tuple[list[int], list[str], list[tuple[int, int]]]:
+    """text -> (ids, tokens, spans): the token ids, their strings, and the (start, end) characters of `text`
+    each token covers ((0, 0) for a special token such as [CLS] or [SEP]).
+
+    tokenizer: a Hugging Face fast tokenizer (its own offsets mapping, special tokens added) or a bloomlib
+    Tokenizer (spans from the bytes each id decodes to, so a multi-byte character split over tokens goes to
+    the token holding its last byte)."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"text must be a non-empty str, got {text!r}")
+    if hasattr(tokenizer, "decode_bytes"):  # bloomlib's CharTokenizer / ByteBPETokenizer
+        ids = tokenizer.encode(text)
+        raw, ends, total = text.encode("utf-8"), [], 0
+        for i in ids:
+            total += len(tokenizer.decode_bytes([i]))
+            ends.append(len(raw[:total].decode("utf-8", errors="ignore")))
+        if total != len(raw):
+            raise ValueError(f"the tokenizer's tokens decode to {total} bytes, the text has {len(raw)}")
+        spans = list(zip([0] + ends[:-1], ends))
+        return ids, [text[a:b] for a, b in spans], spans
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"tokenizer must be a bloomlib Tokenizer or a Hugging Face fast tokenizer (it gives "
+                         f"character offsets), got {type(tokenizer).__name__}")
+    batch = tokenizer(text, return_offsets_mapping=True)
+    ids = list(batch["input_ids"])
+    return ids, tokenizer.convert_ids_to_tokens(ids), [tuple(s) for s in batch["offset_mapping"]]
+
+
+def word_token_index(text: str, spans: list[tuple[int, int]], word: str, nth: int = 0) -> int:
+    """The index of the token that holds the first character of the `nth` (0-based) occurrence of the whole
+    word `word` in `text` (case-insensitive; "the" does not match inside "there"). spans: token_spans' (start,
+    end) characters. ValueError when the word occurs fewer than nth + 1 times or no token covers it."""
+    import re
+
+    if not isinstance(word, str) or not word.strip():
+        raise ValueError(f"word must be a non-empty str, got {word!r}")
+    starts = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE)]
+    if not 0 <= nth < len(starts):
+        raise ValueError(f"{word!r} occurs {len(starts)} time(s) in {text!r}; nth={nth} asks for occurrence {nth + 1}")
+    hit = next((i for i, (a, b) in enumerate(spans) if a <= starts[nth] < b), None)
+    if hit is None:
+        raise ValueError(f"no token span covers character {starts[nth]} ({word!r}); spans: {spans}")
+    return hit
+
+
+def read_attention(model, tokenizer, text: str) -> tuple[list[str], list[tuple[int, int]], list[torch.Tensor]]:
+    """Run `text` through `model` (a bloomlib Encoder or GPT) and keep every layer's attention:
+    (tokens, spans as in token_spans, attention: one (1, heads, T, T) tensor per layer)."""
+    from bloomlib.analysis.heads import attention_weights
+
+    ids, tokens, spans = token_spans(tokenizer, text)
+    return tokens, spans, attention_weights(model, torch.tensor(ids))
