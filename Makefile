@@ -53,6 +53,22 @@ notebooks: $(STAMP)
 exercises: $(STAMP)
 	$(PY) -m bloomlib.course.grading release
 
+# The course to present or to read without Jupyter (README.md, "The course as slides and as a website"): HTML from
+# the committed notebooks' saved outputs (never re-run) that opens from disk with no network request. reveal.js,
+# MathJax and the widgets manager are pinned in site/package-lock.json, installed into site/node_modules.
+SITE_JS := site/node_modules/.package-lock.json
+
+$(SITE_JS): site/package.json site/package-lock.json
+	npm ci --prefix site --no-audit --no-fund --ignore-scripts
+	touch $@
+
+.PHONY: slides site
+slides: $(STAMP) $(SITE_JS)
+	$(PY) scripts/build_site.py slides --out build/slides
+
+site: $(STAMP) $(SITE_JS)
+	$(PY) scripts/build_site.py site --out build/site
+
 bench: $(STAMP)
 	$(BIN)/bloomlib bench core --json
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import html
 import importlib.resources
-import json
 import pkgutil
 import re
 import shutil
@@ -110,10 +109,10 @@ def _exporter(kind: str):
     """nbconvert's HTML or slides exporter on our template, every script pointed at _static/."""
     from nbconvert import HTMLExporter, SlidesExporter
 
-    common = dict(extra_template_basedirs=[str(TEMPLATES)], extra_template_paths=[str(TEMPLATES)], require_js_url=f"{STATIC}/require.js",
-                  widget_renderer_url=f"{STATIC}/html-manager/embed-amd.js", mathjax_url=f"{STATIC}/mathjax/tex-svg-full.js",
-                  jquery_url=f"{STATIC}/jquery.js", mermaid_js_url="", mermaid_layout_elk_js_url="",
-                  jupyter_widgets_base_url=f"{STATIC}/")
+    common = dict(extra_template_basedirs=[str(TEMPLATES)], extra_template_paths=[str(TEMPLATES)],
+                  require_js_url=f"{STATIC}/require.js", widget_renderer_url=f"{STATIC}/html-manager/embed-amd.js",
+                  mathjax_url=f"{STATIC}/mathjax/tex-svg-full.js", jquery_url=f"{STATIC}/jquery.js",
+                  mermaid_js_url="", mermaid_layout_elk_js_url="", jupyter_widgets_base_url=f"{STATIC}/")
     if kind == "slides":
         return SlidesExporter(template_name="bloomlib_reveal", reveal_url_prefix=f"{STATIC}/reveal.js",
                               reveal_theme="white", reveal_scroll=True, **common)
@@ -123,7 +122,8 @@ def _exporter(kind: str):
 def minutes_text(minutes) -> str:
     if minutes is None:
         return "study time not stated"
-    return f"about {minutes} min" if minutes < 60 or minutes % 30 else f"about {minutes / 60:g} h"
+    hours, rest = divmod(int(minutes), 60)
+    return "about " + " ".join(([f"{hours} h"] if hours else []) + ([f"{rest} min"] if rest or not hours else []))
 
 
 def build_slides(out: Path) -> list[Path]:
@@ -140,13 +140,18 @@ def build_slides(out: Path) -> list[Path]:
 
 
 def _nav(infos: list[dict], i: int) -> str:
-    prev = infos[i - 1] if i > 0 else None
-    nxt = infos[i + 1] if i + 1 < len(infos) else None
-    link = lambda info, rel, arrow: (  # noqa: E731
-        f'<a rel="{rel}" href="{info["stem"]}.html">{arrow} {html.escape(info["title"])}</a>' if info else "<span></span>")
-    return (f'<nav class="bloomlib-nav" aria-label="lessons">{link(prev, "prev", "&larr;")}'
-            f'<a href="index.html">All lessons</a><a href="api/index.html">API reference</a>'
-            f'{link(nxt, "next", "&rarr;")}</nav>')
+    """Previous lesson | all lessons | API reference | next lesson (short names, the full title on hover)."""
+    def link(j: int, rel: str) -> str:
+        if not 0 <= j < len(infos):
+            return "<span></span>"
+        info = infos[j]
+        short = html.escape(info["title"].split(":")[0])
+        text = f"&larr; {short}" if rel == "prev" else f"{short} &rarr;"
+        return f'<a rel="{rel}" href="{info["stem"]}.html" title="{html.escape(info["title"])}">{text}</a>'
+
+    return (f'<nav class="bloomlib-nav" aria-label="lessons">{link(i - 1, "prev")}'
+            f'<span><a href="index.html">All lessons</a> &middot; <a href="api/index.html">API reference</a></span>'
+            f'{link(i + 1, "next")}</nav>')
 
 
 def _index(infos: list[dict]) -> str:
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default build/slides, build/site, build/site/api)")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    out = args.out or REPO / "build" / {"slides": "slides", "site": "site", "api": "site/api"}[args.what]
+    out = (args.out or REPO / "build" / {"slides": "slides", "site": "site", "api": "site/api"}[args.what]).resolve()
     if args.what == "slides":
         written = build_slides(out)
     elif args.what == "site":
