@@ -72,6 +72,29 @@ site: $(STAMP) $(SITE_JS)
 bench: $(STAMP)
 	$(BIN)/bloomlib bench core --json
 
+# A class on one server (README.md, "Running a class on one server"; deploy/README.md): JupyterHub, its proxy
+# (configurable-http-proxy, installed from npm into deploy/node, never globally), NativeAuthenticator, nbgrader.
+# All its state (accounts, homes, the nbgrader exchange and course) lives in $(HUB_STATE); it runs offline.
+HUB_PORT ?= 8000
+HUB_ADMIN ?= teacher
+HUB_IP ?= 0.0.0.0
+HUB_STATE ?= .hub
+PROXY := deploy/node/node_modules/.bin/configurable-http-proxy
+
+$(PROXY): deploy/node/package.json deploy/node/package-lock.json
+	npm ci --prefix deploy/node --no-audit --no-fund
+	touch $@
+
+.PHONY: hub
+hub: $(STAMP) $(PROXY)
+	@echo "make hub: instructor, sign up as $(HUB_ADMIN) at http://<this machine>:$(HUB_PORT)/hub/signup before the room does;"
+	@echo "          approve each learner's sign-up at /hub/authorize. Ctrl-C stops the hub and every server."
+	PATH="$(abspath $(BIN)):$$PATH" HUB_STATE="$(abspath $(HUB_STATE))" HUB_IP=$(HUB_IP) HUB_PORT=$(HUB_PORT) \
+	  HUB_ADMIN=$(HUB_ADMIN) $(BIN)/jupyterhub -f deploy/jupyterhub_config.py
+
+# tests/test_hub.py starts the hub: `make test` installs the proxy where npm is (without npm the test is skipped)
+test: $(if $(shell command -v npm 2>/dev/null),$(PROXY))
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .bench grading-workdir
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -prune -exec rm -rf {} +
