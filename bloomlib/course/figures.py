@@ -513,7 +513,9 @@ class AccessibleFigure:
     """A matplotlib Figure with its alt text, displayed with the alt text attached (see the module docstring).
 
     figure: the Figure; alt_text: one or two sentences that say what it shows; title: its drawn title;
-    parts: the names `highlight` accepts for it (architecture figures); description: what it was drawn from.
+    parts: the names `highlight` accepts for it (architecture figures); description: what it was drawn from;
+    dpi: pixels per inch of its PNG; tight: crop the PNG to what is drawn (what the inline backend does for a
+    pyplot figure, so a legend placed outside the axes is kept), its display width then read off the PNG.
     """
 
     figure: object
@@ -521,29 +523,36 @@ class AccessibleFigure:
     title: str = ""
     parts: tuple[str, ...] = ()
     description: object = field(default=None, repr=False)
+    dpi: int = PNG_DPI
+    tight: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.alt_text, str) or not self.alt_text.strip():
             raise ValueError("alt_text must be a non-empty string that says what the figure shows")
 
-    def png(self, dpi: int = PNG_DPI) -> bytes:
+    def png(self, dpi: int | None = None) -> bytes:
         """The figure as PNG bytes, the alt text in its Description chunk (no software version: stable bytes)."""
         buf = io.BytesIO()
-        self.figure.savefig(buf, format="png", dpi=dpi, facecolor="white",
+        self.figure.savefig(buf, format="png", dpi=self.dpi if dpi is None else dpi, facecolor="white",
+                            bbox_inches="tight" if self.tight else None,
                             metadata={"Software": None, "Title": self.title or None, "Description": self.alt_text})
         return buf.getvalue()
 
-    def width_px(self) -> int:
-        """Display width in CSS pixels (the figure's inches at DISPLAY_DPI)."""
-        return round(self.figure.get_figwidth() * DISPLAY_DPI)
+    def width_px(self, png: bytes | None = None) -> int:
+        """Display width in CSS pixels: the figure's inches at DISPLAY_DPI (tight: the PNG's, made by png())."""
+        if not self.tight:
+            return round(self.figure.get_figwidth() * DISPLAY_DPI)
+        png = self.png() if png is None else png
+        return round(int.from_bytes(png[16:20], "big") * DISPLAY_DPI / self.dpi)  # IHDR width, pixels
 
     def html(self, png: bytes | None = None) -> str:
         """<img> with the alt text and the PNG inlined as a data: URI."""
-        data = base64.b64encode(self.png() if png is None else png).decode("ascii")
+        png = self.png() if png is None else png
+        data = base64.b64encode(png).decode("ascii")
         return (f'<img src="data:image/png;base64,{data}" alt="{html.escape(self.alt_text, quote=True)}" '
-                f'width="{self.width_px()}">')
+                f'width="{self.width_px(png)}">')
 
-    def savefig(self, path: str | Path, dpi: int = PNG_DPI) -> Path:
+    def savefig(self, path: str | Path, dpi: int | None = None) -> Path:
         """Write the PNG (alt text in its metadata) to path; returns the path."""
         path = Path(path)
         path.write_bytes(self.png(dpi))
@@ -553,8 +562,16 @@ class AccessibleFigure:
         png = self.png()
         data = {"text/html": self.html(png), "image/png": base64.b64encode(png).decode("ascii"),
                 "text/plain": f"[figure] {self.alt_text}"}
-        metadata = {"image/png": {"alt": self.alt_text, "width": self.width_px()}}
+        metadata = {"image/png": {"alt": self.alt_text, "width": self.width_px(png)}}
         return data, metadata
+
+
+def close_in_pyplot(figure) -> None:
+    """Close a Figure made by pyplot in pyplot (its data stays), so the inline backend does not show it again."""
+    if getattr(figure.canvas, "manager", None) is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
 
 
 def with_alt_text(figure, alt_text: str, title: str = "") -> AccessibleFigure:
@@ -567,10 +584,7 @@ def with_alt_text(figure, alt_text: str, title: str = "") -> AccessibleFigure:
 
     if not isinstance(figure, Figure):
         raise ValueError(f"figure must be a matplotlib Figure, got {type(figure).__name__}")
-    if getattr(figure.canvas, "manager", None) is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+    close_in_pyplot(figure)
     suptitle = getattr(figure, "_suptitle", None)  # Figure.get_suptitle is matplotlib >= 3.8 only
     return AccessibleFigure(figure, alt_text, title or (suptitle.get_text() if suptitle is not None else ""))
 
