@@ -92,9 +92,10 @@ class Hub:
                         PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
         self.tokens: dict[str, str] = {}
         self.instructor: requests.Session | None = None
+        self.proc: subprocess.Popen | None = None
         self.log = state / "jupyterhub.log"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 120) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
         self._log = self.log.open("w")
         self.proc = subprocess.Popen([str(BIN / "jupyterhub"), "-f", str(DEPLOY / "jupyterhub_config.py")],
@@ -112,7 +113,12 @@ class Hub:
 
     def stop(self) -> list[str]:
         """Stop the hub as Ctrl-C would; what it started must stop with it. Returns the processes left."""
-        family = psutil.Process(self.proc.pid).children(recursive=True)
+        if self.proc is None:
+            return []
+        try:
+            family = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # the hub died on its own: nothing of it may be left either
+            family = []
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=60)
@@ -121,9 +127,13 @@ class Hub:
             self.proc.wait()
         self._log.close()
         gone, alive = psutil.wait_procs(family, timeout=20)
-        left = [f"{p.pid} {' '.join(p.cmdline()[:3])}" for p in alive if p.is_running()]
+        left = []
         for p in alive:
-            p.kill()
+            try:
+                left.append(f"{p.pid} {' '.join(p.cmdline()[:3])}")
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         return left
 
     def api(self, method: str, path: str, user: str = ADMIN, **kwargs) -> requests.Response:
@@ -278,9 +288,9 @@ def _sign_in_with_chromium(hub: Hub, browser, user: str) -> None:
 def test_class_on_the_hub(tmp_path):
     _require(_missing_hub())
     hub = Hub(tmp_path / "state")
-    hub.start()
     left: list[str] = []
     try:
+        hub.start()
         assert "successful" in hub.sign_up(ADMIN)  # the admin is approved from the start
         hub.sign_in(ADMIN)
         hub.api("POST", f"/hub/api/users/{ADMIN}/server")
