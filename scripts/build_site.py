@@ -214,7 +214,7 @@ def build_api(out: Path) -> Path:
     src = out.parent / ".api-src"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
-    shutil.copy2(SITE_SRC / "api" / "conf.py", src / "conf.py")
+    shutil.copytree(SITE_SRC / "api", src, dirs_exist_ok=True)  # conf.py and _static/
     names = modules()
     for name in names:
         title = f"``{name}``"

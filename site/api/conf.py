@@ -13,7 +13,11 @@ autodoc_typehints = "signature"
 autodoc_inherit_docstrings = False  # torch's own docstrings (autograd.Function.forward...) are not ours
 autodoc_default_options = {"members": True, "show-inheritance": True, "ignore-module-all": True}
 html_theme = "alabaster"
-html_theme_options = {"description": "Companion library of the Transformer course", "show_powered_by": False}
+html_theme_options = {"description": "Companion library of the Transformer course", "show_powered_by": False,
+                      "page_width": "1240px", "sidebar_width": "280px"}
+html_static_path = ["_static"]
+html_css_files = ["bloomlib.css"]
+highlight_language = "none"  # docstrings are prose with shapes and formulas, not Python: no colouring
 html_show_sourcelink = False
 suppress_warnings = ["ref.python"]  # type hints naming torch / numpy classes that are not documented here
 
