@@ -1,10 +1,12 @@
 """Slides (#17): every lesson converts to reveal.js HTML (`make slides`, scripts/build_site.py) that opens from disk
 in headless Chromium with the network blocked, initializes reveal.js and shows more than one slide; and every
-lesson's cells carry slide metadata that makes sense as slides (sections are slides, the setup is skipped)."""
+lesson's cells carry slide metadata that makes sense as slides (sections are slides, the setup is skipped); and
+jupyterlab-rise presents a lesson in JupyterLab offline."""
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,33 @@ def test_slides_open_offline_with_more_than_one_slide(slides, tmp_path):
             failures += [f"{page_path.name}: {f}" for f in found]
     print("slides per lesson:", counts)
     assert not failures, "\n".join(failures)
+
+
+RISE_LESSONS = [p for p in LESSONS if json.loads(p.read_text())["metadata"].get("rise")]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not RISE_LESSONS, reason="no lesson declares RISE settings (metadata.rise)")
+def test_rise_presents_a_lesson_in_jupyterlab_offline(tmp_path):
+    """jupyterlab-rise (the `lab` extra) shows the first lesson that declares metadata.rise as a slideshow in
+    JupyterLab with more than one slide, and nothing leaves the machine (RISE's default theme, "simple", would ask
+    Google Fonts for its fonts: the lessons choose reveal.js's "white", whose fonts ship with RISE)."""
+    missing_browser()
+    lesson = RISE_LESSONS[0]
+    root = tmp_path / "root"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(lesson, root / "notebooks" / lesson.name)
+    with lab.LabServer(root, tmp_path / "work") as server, lab.chromium(tmp_path) as browser:
+        url = f"{server.base}/rise/notebooks/{lesson.name}?token={server.token}"
+        visit = Visit(url)
+        try:
+            with offline_page(browser, url, visit) as page:
+                page.wait_for_function("document.querySelectorAll('.reveal .slides > section').length > 1",
+                                       timeout=120000)
+                n = page.evaluate("document.querySelectorAll('.reveal .slides > section').length")
+        finally:
+            server.shutdown_kernels()
+    outside = [p for p in problems(visit) if p.startswith("request left")]
+    assert not outside, "\n".join(outside)
+    print(f"RISE: {lesson.name} shows {n} slides")
