@@ -73,6 +73,8 @@ def test_log_scale_and_explicit_limits():
     assert 'x axis "sequence length T" from 50 to 600 (log scale)' in text, text
     assert 'y axis "milliseconds" from 0.5 to 100 (log scale)' in text, text
     assert text.startswith("An untitled line plot with 1 line"), text
+    ax.set_xticks([64, 128, 256, 512], ["64", "128", "256", "512"])
+    assert "(log scale), ticks at 64, 128, 256 and 512;" in describe_figure(fig)
 
 
 def test_two_subplots_are_both_described_in_order_with_the_figure_title_and_legend():
