@@ -73,6 +73,10 @@ c.Spawner.start_timeout = 120
 c.Spawner.environment = {
     "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "/usr/bin:/bin")]),
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    # the user's ~/.jupyter (their role's nbgrader extensions, written by classroom.prepare_home) takes precedence
+    # over the course environment's (where `make lab` turns the instructor tools off); in a virtual environment
+    # Jupyter otherwise prefers the environment's
+    "JUPYTER_PREFER_ENV_PATH": "0",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }

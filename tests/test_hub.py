@@ -3,10 +3,12 @@
 test_class_on_the_hub starts the hub of deploy/jupyterhub_config.py on loopback (free ports, its state in a
 temporary folder) with its standard proxy (configurable-http-proxy from deploy/node, installed by `make test`
 and `make hub`). An instructor and two learners sign up on the hub's own sign-up page (NativeAuthenticator),
-the instructor approves the learners (/hub/authorize, with the instructor's token); learner ada signs in through
-the hub's login page in headless Chromium (her server starts and JupyterLab shows her course folders), the
-instructor and learner bob sign in through the REST API (a token for name and password) and start their servers
-through it. Every command then runs in (through) the user's own server, behind the hub's proxy:
+the instructor approves them on /hub/authorize (signed in on the hub's login page: that page takes no API
+token); learner ada signs in through
+the hub's login page in headless Chromium (her server starts; JupyterLab shows her course folders, with
+nbgrader's Assignments plugin on and the formgrader off, the instructor's with both on), the
+instructor and learner bob sign in through the REST API (a token for name and password; bob, who never saw the
+login page, is added as a hub user by the instructor through the API) and start their servers through it. Every command then runs in (through) the user's own server, behind the hub's proxy:
 - the instructor's nbgrader commands (generate_assignment, release_assignment, collect, autograde, export) in a
   kernel of the instructor's server, in the course folder, so with the environment and nbgrader config the hub
   gave that server;
@@ -257,6 +259,14 @@ def _instructor(hub: Hub, *commands: list[str]) -> list[dict]:
     return out["results"]
 
 
+def _nbgrader_lab_plugins(html: str) -> dict[str, bool]:
+    """Which of nbgrader's JupyterLab plugins a lab page turns on (its page config's disabledExtensions)."""
+    data = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', html, re.S)
+    disabled = set(json.loads(data.group(1))["disabledExtensions"])
+    return {name: f"@jupyter/nbgrader:{name}" not in disabled
+            for name in ("assignment-list", "formgrader", "create-assignment")}
+
+
 def _sign_in_with_chromium(hub: Hub, browser, user: str) -> None:
     """Sign up on the hub's page, wait for the instructor's approval, sign in: JupyterLab opens on the course."""
     page = browser.new_page()
@@ -277,6 +287,9 @@ def _sign_in_with_chromium(hub: Hub, browser, user: str) -> None:
         page.wait_for_url(re.compile(rf"/user/{user}/lab"), timeout=120_000)
         for folder in classroom.COURSE_FOLDERS:
             page.locator(".jp-DirListing-itemText", has_text=folder).first.wait_for(timeout=120_000)
+        lab_nbgrader = _nbgrader_lab_plugins(page.content())
+        assert lab_nbgrader == {"assignment-list": True, "formgrader": False, "create-assignment": False}, \
+            f"{user}'s JupyterLab, nbgrader plugins on: {lab_nbgrader}"
     finally:
         page.close()
     r = requests.post(f"{hub.url}/hub/api/users/{user}/tokens", timeout=30,
@@ -309,8 +322,9 @@ def test_class_on_the_hub(tmp_path):
             hub.wait_ready(user)
             assert {"notebooks", "exercises"} <= {c["name"] for c in hub.contents(user, "")["content"]}
 
-        # the instructor has the formgrader, the learners do not
+        # the instructor has the formgrader, the learners do not (ada's JupyterLab was checked in Chromium)
         assert hub.api("GET", f"/user/{ADMIN}/formgrader", ADMIN).status_code == 200
+        assert all(_nbgrader_lab_plugins(hub.api("GET", f"/user/{ADMIN}/lab", ADMIN).text).values())
         for learner in LEARNERS:
             headers = {"Authorization": f"token {hub.tokens[learner]}"}
             r = requests.get(f"{hub.url}/user/{learner}/formgrader", headers=headers, timeout=30)
