@@ -8,7 +8,8 @@ token); learner ada signs in through
 the hub's login page in headless Chromium (her server starts; JupyterLab shows her course folders, with
 nbgrader's Assignments plugin on and the formgrader off, the instructor's with both on), the
 instructor and learner bob sign in through the REST API (a token for name and password; bob, who never saw the
-login page, is added as a hub user by the instructor through the API) and start their servers through it. Every command then runs in (through) the user's own server, behind the hub's proxy:
+login page, is added as a hub user by the instructor through the API) and start their servers through it.
+Every command then runs in (through) the user's own server, behind the hub's proxy:
 - the instructor's nbgrader commands (generate_assignment, release_assignment, collect, autograde, export) in a
   kernel of the instructor's server, in the course folder, so with the environment and nbgrader config the hub
   gave that server;
@@ -72,7 +73,8 @@ def _missing_hub() -> str | None:
         if shutil.which(tool) is None:
             return f"the hub test needs {tool} (Debian/Ubuntu: sudo apt-get install nodejs npm)"
     if not PROXY.exists():
-        return f"the hub test needs configurable-http-proxy at {PROXY}: npm ci --prefix deploy/node (make hub does it)"
+        return (f"the hub test needs configurable-http-proxy at {PROXY}: "
+                "npm ci --prefix deploy/node (`make test` and `make hub` run it)")
     if not (BIN / "jupyterhub").exists():
         return "the hub test needs JupyterHub: pip install -c constraints.txt -e '.[all]'"
     if not lab.CHROMIUM.exists():
@@ -251,7 +253,8 @@ def _instructor(hub: Hub, *commands: list[str]) -> list[dict]:
             f"    p = subprocess.run(['nbgrader', *args], capture_output=True, text=True)\n"
             f"    results.append(dict(args=args, rc=p.returncode, log=(p.stdout + p.stderr)[-3000:]))\n"
             f"    if p.returncode: break\n"
-            f"print({PREFIX!r} + json.dumps(dict(results=results, user=os.environ['USER'], home=os.environ['HOME'])))\n")
+            f"print({PREFIX!r} + json.dumps(dict(results=results, user=os.environ['USER'],\n"
+            f"                                   home=os.environ['HOME'])))\n")
     out = json.loads(hub.run_python(ADMIN, code).split(PREFIX, 1)[1])
     assert out["user"] == ADMIN and Path(out["home"]) == hub.state / "home" / ADMIN, out
     for r in out["results"]:
