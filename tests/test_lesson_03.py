@@ -23,6 +23,7 @@ SOURCE = REPO / "solutions" / "03_apply.ipynb"
 EXERCISE = REPO / "exercises" / "03_apply.ipynb"
 OBJECTIVES = {"03.1", "03.2", "03.3", "03.4", "03.5", "03.6"}
 TOTAL_POINTS = 21
+CHECK_CELL = "check_my_notebook"
 BLOOM_VERBS = ["apply", "implement", "use", "execute", "compute", "calculate", "construct", "build", "assemble",
                "demonstrate", "solve", "carry", "train"]
 
@@ -41,7 +42,20 @@ def test_lesson_follows_the_house_rules():
 
 # ------------------------------------------------------------------------------------------ structure
 def test_exercise_does_not_import_bloomlib(source, exercise):
-    harness.assert_no_bloomlib_in_code(source, exercise)
+    harness.assert_no_bloomlib_in_code(source, exercise, allowed=(CHECK_CELL,))
+
+
+def test_check_my_notebook_cell_closes_the_exercise(source, exercise):
+    """The last code cell, locked and read-only, grades the saved copy of this very exercise."""
+    for nb in (source, exercise):
+        cell = [c for c in nb.cells if c.cell_type == "code"][-1]
+        meta = cell.metadata.nbgrader
+        assert (meta["grade_id"], meta["grade"], meta["solution"], meta["locked"]) == (CHECK_CELL, False, False, True)
+        assert "nbval-ignore-output" in cell.metadata.get("tags", [])
+        assert f'check_my_notebook("{EXERCISE.name}")' in cell.source
+        assert "Done?" in nb.cells[nb.cells.index(cell) - 1].source
+    assert "check your work" in source.cells[0].source.lower() and f"bloomlib grade exercises/{EXERCISE.name}" in (
+        source.cells[0].source)
 
 
 def test_every_graded_cell_names_objectives_of_lesson_03(source):
