@@ -46,15 +46,23 @@ JS_SETTLED = """([views, widgets]) => {
 }"""
 
 
+def _figures(output: dict) -> int:
+    """Figures one output shows: the <img> tags of its HTML (a figure with its alt text), else 1 for an image."""
+    data = output.get("data", {})
+    if "text/html" in data:  # the richest representation is the one displayed
+        return len(re.findall(r"<img\s", "".join(data["text/html"])))
+    return int("image/png" in data or "image/svg+xml" in data)
+
+
 def expected(path: Path) -> dict:
     """What the committed notebook's saved outputs promise the page will show."""
     nb = json.loads(path.read_text())
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
-    state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     html = ["".join(o["data"]["text/html"]) for o in outputs if "text/html" in o.get("data", {})]
+    state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     markdown = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     return {
-        "images": sum("image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {}) for o in outputs),
+        "images": sum(_figures(o) for o in outputs),
         "bertviz": sum(len(re.findall(r'id="bertviz-[0-9a-f]+"', h)) for h in html),
         "widgets": sum(o["data"][WIDGET_VIEW]["model_id"] in state
                        for o in outputs if WIDGET_VIEW in o.get("data", {})),
