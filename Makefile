@@ -16,7 +16,8 @@ NBGRADER_LAB := formgrader create-assignment assignment-list course-list
 NBGRADER_SERVER := formgrader assignment_list course_list
 # A learner's lab does not ask about Jupyter news or check for updates (it runs offline).
 LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
-QUIET_LAB := {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}
+# RISE's default theme fetches Google Fonts; "white" ships its own fonts (slides stay offline).
+QUIET_LAB := {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}, "jupyterlab-rise:plugin": {"theme": "white"}}
 # Jupyter refuses to start as root without --allow-root; in a container or a cloud VM you often are root.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
@@ -34,7 +35,7 @@ $(LEARNER): $(STAMP)
 	$(BIN)/jupyter server extension disable --sys-prefix $(addprefix nbgrader.server_extensions.,$(NBGRADER_SERVER))
 	touch $@
 
-$(LAB_OVERRIDES): $(STAMP)
+$(LAB_OVERRIDES): $(STAMP) Makefile
 	mkdir -p $(dir $@)
 	printf '%s\n' '$(QUIET_LAB)' > $@
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -188,11 +187,7 @@ def assert_lesson_house_rules(lesson_path: Path, verbs: list[str]) -> None:
     nb = nbformat.read(lesson_path, as_version=4)
     intro, summary = nb.cells[0].source, "\n".join(c.source for c in nb.cells[-3:] if c.cell_type == "markdown")
     assert "Learning objectives" in intro and "study time" in intro.lower() and "Prerequisites" in intro
-    declared = nb.metadata.get("bloomlib", {}).get("objectives")
-    if declared:
-        first_words = [o["text"].split()[0].lower().strip(",") for o in declared]
-    else:  # TODO(#16): lessons 01-03 move to declared objectives; then only that branch stays
-        first_words = [w.lower() for w in re.findall(r"^\d\. \*\*(\w+)\*\*", intro, re.M)]
+    first_words = [o["text"].split()[0].lower().strip(",") for o in nb.metadata["bloomlib"]["objectives"]]
     assert 4 <= len(first_words) <= 8 and set(first_words) <= set(verbs), first_words
     assert "Summary" in summary and f"bloomlib grade exercises/{lesson_path.name}" in summary
     assert all(c.metadata.get("slideshow", {}).get("slide_type") for c in nb.cells)
@@ -202,7 +197,8 @@ def assert_lesson_house_rules(lesson_path: Path, verbs: list[str]) -> None:
         if cell.cell_type == "code":
             assert cell.execution_count is not None, "commit lessons executed, with their outputs"
             if "plt.subplots" in cell.source or "plot_attention(" in cell.source:
-                assert "assert " in cell.source and "plt.show()" in cell.source, cell.source[:80]
+                assert "assert " in cell.source, cell.source[:80]
+                assert "plt.show()" in cell.source or "with_alt_text(" in cell.source, cell.source[:80]
                 assert ".set(title=" in cell.source or "set_title" in cell.source or "plot_attention(" in cell.source
 
 
@@ -219,6 +215,18 @@ def assert_graded_as_planned(graded: dict[str, dict], source: NotebookNode, mist
     for k in range(len(accepted)):
         assert_accepted(graded, source, accepted, k)
     assert_no_hidden_source(graded, source, more_than=10)
+
+
+def objectives_of(cell) -> list[str]:
+    """The objectives a graded cell names (its metadata bloomlib.objectives)."""
+    return cell.get("metadata", {}).get("bloomlib", {}).get("objectives", [])
+
+
+def assert_graded_cells_name_objectives(source: NotebookNode, objectives: set[str]) -> None:
+    """Every graded cell names objectives of its lesson (metadata bloomlib.objectives), and together they name all."""
+    named = {gid(c): objectives_of(c) for c in source.cells if is_test(c)}
+    assert [(g, o) for g, o in named.items() if not o or not set(o) <= objectives] == []
+    assert {o for os_ in named.values() for o in os_} == objectives
 
 
 def assert_no_bloomlib_in_code(*notebooks: NotebookNode, allowed: tuple[str, ...] = ()) -> None:

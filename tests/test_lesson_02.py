@@ -131,15 +131,8 @@ def test_exercise_is_released_from_the_source(source, exercise):
     assert grading.normalize(grading.release_notebook(source)) == grading.normalize(exercise)
 
 
-def _objectives(cell) -> list[str]:
-    return cell.get("metadata", {}).get("bloomlib", {}).get("objectives", [])
-
-
 def test_every_graded_cell_names_objectives_of_lesson_02(source):
-    graded = [c for c in source.cells if harness.is_test(c)]
-    for cell in graded:
-        assert _objectives(cell) and set(_objectives(cell)) <= OBJECTIVES, (harness.gid(cell), _objectives(cell))
-    assert {o for c in graded for o in _objectives(c)} == OBJECTIVES
+    harness.assert_graded_cells_name_objectives(source, OBJECTIVES)
 
 
 def test_points_table_and_headings_match_the_tests(source):
@@ -157,7 +150,7 @@ def test_points_table_and_headings_match_the_tests(source):
     for (number, objectives, points), part in zip(rows, parts):
         assert number == part["number"] and int(points) == part["points"] == sum(
             t.metadata.nbgrader["points"] for t in part["tests"]), number
-        assert {o.strip() for o in objectives.split(",")} == {o for t in part["tests"] for o in _objectives(t)}
+        assert {o.strip() for o in objectives.split(",")} == {o for t in part["tests"] for o in harness.objectives_of(t)}
     assert sum(int(r[2]) for r in rows) == TOTAL_POINTS
 
 

@@ -25,10 +25,6 @@ TOTAL_POINTS = 12
 source, exercise = harness.notebook_fixtures(SOURCE, EXERCISE)
 
 
-def _objectives(cell) -> list[str]:
-    return cell.get("metadata", {}).get("bloomlib", {}).get("objectives", [])
-
-
 # ------------------------------------------------------------------------------------------ structure
 def test_exercise_is_released_from_the_source_without_answers(source, exercise):
     assert grading.normalize(grading.release_notebook(source)) == grading.normalize(exercise)
@@ -43,14 +39,11 @@ def test_exercise_is_released_from_the_source_without_answers(source, exercise):
 
 
 def test_every_graded_cell_names_objectives_of_lesson_04(source):
-    graded = [c for c in source.cells if harness.is_test(c)]
-    for cell in graded:
-        assert _objectives(cell) and set(_objectives(cell)) <= OBJECTIVES, (harness.gid(cell), _objectives(cell))
-    assert {o for c in graded for o in _objectives(c)} == OBJECTIVES
+    harness.assert_graded_cells_name_objectives(source, OBJECTIVES)
     by_id = {harness.gid(c): c for c in source.cells}
     explained = {o for answer, tests in harness.questions(source).items()
                  if not re.search(r"^def ", harness.solution_code(by_id[answer]), re.M)  # a letter or a number
-                 for t in tests for o in _objectives(by_id[t])}
+                 for t in tests for o in harness.objectives_of(by_id[t])}
     assert EXPLAINED <= explained
 
 
@@ -64,7 +57,7 @@ def test_points_table_and_headings_match_the_tests(source):
     assert len(rows) == len(qs) == len(headings)
     for (number, objectives, points), (answer, tests), heading in zip(rows, qs.items(), headings):
         assert int(points) == heading == sum(by_id[t].metadata.nbgrader["points"] for t in tests), answer
-        assert {o.strip() for o in objectives.split(",")} == {o for t in tests for o in _objectives(by_id[t])}
+        assert {o.strip() for o in objectives.split(",")} == {o for t in tests for o in harness.objectives_of(by_id[t])}
     assert sum(int(r[2]) for r in rows) == TOTAL_POINTS
 
 

@@ -25,10 +25,6 @@ MANUAL = "plan_judgement"
 source, exercise = harness.notebook_fixtures(SOURCE, EXERCISE)
 
 
-def _objectives(cell) -> list[str]:
-    return cell.get("metadata", {}).get("bloomlib", {}).get("objectives", [])
-
-
 # ------------------------------------------------------------------------------------------ structure
 def test_exercise_is_released_from_the_source_without_answers_or_rubric(source, exercise):
     assert grading.normalize(grading.release_notebook(source)) == grading.normalize(exercise)
@@ -44,10 +40,7 @@ def test_exercise_is_released_from_the_source_without_answers_or_rubric(source, 
 
 
 def test_every_graded_cell_names_objectives_of_lesson_05(source):
-    graded = [c for c in source.cells if harness.is_test(c)]
-    for cell in graded:
-        assert _objectives(cell) and set(_objectives(cell)) <= OBJECTIVES, (harness.gid(cell), _objectives(cell))
-    assert {o for c in graded for o in _objectives(c)} == OBJECTIVES
+    harness.assert_graded_cells_name_objectives(source, OBJECTIVES)
 
 
 def test_points_table_and_headings_match_the_cells(source):
@@ -61,7 +54,7 @@ def test_points_table_and_headings_match_the_cells(source):
     for (number, objectives, points), (answer, tests), heading in zip(rows, qs.items(), headings):
         graded = tests or [answer]  # the written answer is its own graded cell
         assert int(points) == heading == sum(by_id[t].metadata.nbgrader["points"] for t in graded), answer
-        assert {o.strip() for o in objectives.split(",")} == {o for t in graded for o in _objectives(by_id[t])}
+        assert {o.strip() for o in objectives.split(",")} == {o for t in graded for o in harness.objectives_of(by_id[t])}
     assert sum(int(r[2]) for r in rows) == AUTO_POINTS + MANUAL_POINTS
 
 
