@@ -163,7 +163,8 @@ MISTAKES = [
       "    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v",
       "test_online_softmax_blocks", "the whole (n_q, n_k)"),
     M("online_softmax_attention", "def online_softmax_attention(q, k, v, block_size):\n"
-      "    return F.scaled_dot_product_attention(q, k, v)", "test_online_softmax_blocks", "does the work for you"),
+      "    return F.scaled_dot_product_attention(q, k, v)", "test_online_softmax_blocks",
+      "uses torch.nn.functional.scaled_dot_product_attention, which answers may not use"),
     M("online_softmax_attention", "from fakelib import online_softmax_attention", "test_online_softmax",
       "define online_softmax_attention in this notebook"),
     M("BlockAllocator", _alloc(free_takes="self.refs.get(block, 1)"), "test_allocator_sharing",
