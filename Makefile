@@ -21,7 +21,7 @@ QUIET_LAB := {"@jupyterlab/apputils-extension:notification": {"fetchNews": "fals
 # Jupyter refuses to start as root without --allow-root; in a container or a cloud VM you often are root.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-.PHONY: lab test notebooks exercises bench clean venv
+.PHONY: lab test notebooks exercises bench clean venv screenshots
 
 venv: $(STAMP)
 
@@ -47,6 +47,14 @@ lab: $(LEARNER) $(LAB_OVERRIDES)
 # .venv/bin first on PATH: nbgrader runs `alembic` by name, tests start `bloomlib`, `jupyter`...
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+# The README's pictures, taken by the browser test (Chromium): lesson 01's first screen, a prediction, the explorer.
+SHOTS := make_lab_first_screen:lesson01_first_screen lesson_01_remember_prediction_widget:prediction fixture_explorer:explorer
+screenshots: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q -p no:cacheprovider tests/browser/test_browser.py \
+		-k "make_lab or explorer_fixture_typed or (lesson_prediction and 01_remember)"
+	mkdir -p docs/images
+	$(foreach s,$(SHOTS),cp artifacts/browser/$(firstword $(subst :, ,$(s))).png docs/images/$(lastword $(subst :, ,$(s))).png;)
 
 notebooks: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) tests/tools/run_notebooks.py notebooks solutions
