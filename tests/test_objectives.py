@@ -19,8 +19,8 @@ from bloomlib.course.grading import release_notebook
 from bloomlib.course.objectives import section_titles
 
 REPO = Path(__file__).resolve().parents[1]
-OBJECTIVES = [{"id": "04.1", "text": "Analyze how attention's cost grows with sequence length."},
-              {"id": "04.2", "text": "Distinguish what a transformer computes in parallel."}]
+OBJECTIVES = [{"id": "04.1", "text": "Analyze how attention's cost grows with sequence length.", "sections": ["Objectives"]},
+              {"id": "04.2", "text": "Distinguish what a transformer computes in parallel.", "sections": ["Objectives"]}]
 GRADED = [("test_fit_power_law", ["04.1"]), ("test_cost_cause", ["04.1", "04.2"]), ("test_parallel", ["04.2"])]
 LISTING = ["- **04.1** Analyze how attention's cost grows with sequence length. "
            "(graded: `test_fit_power_law`, `test_cost_cause`)",
@@ -287,10 +287,11 @@ def test_course_lesson_objectives_are_all_assessed(lesson):
 def test_sections_must_be_the_lessons_own_section_titles():
     """An objective may name the '## ' sections that teach it (what `bloomlib progress` tells a learner to revisit)."""
     assert section_titles(_lesson()) == ["Objectives"]
-    good = [dict(OBJECTIVES[0], sections=["Objectives"]), OBJECTIVES[1]]
-    assert objective_problems(_lesson(objectives=good), _source()) == []
+    assert objective_problems(_lesson(), _source()) == []
     bad = [dict(OBJECTIVES[0], sections=["1 · Nowhere"]), dict(OBJECTIVES[1], sections="Objectives")]
     problems = objective_problems(_lesson(objectives=bad), _source())
     _one(problems, r"objective 04\.1 names section '1 · Nowhere', which is not a '## ' heading of the lesson")
     _one(problems, r"objective 04\.2: sections must be a non-empty list .* got 'Objectives'")
     assert len(problems) == 2
+    none = [{k: v for k, v in OBJECTIVES[0].items() if k != "sections"}, OBJECTIVES[1]]
+    _one(objective_problems(_lesson(objectives=none), _source()), r"objective 04\.1 names no sections")

@@ -143,11 +143,13 @@ def _metadata_problems(nb: Mapping, name: str) -> list[str]:
         if not isinstance(o.get("text"), str) or not o["text"].strip():
             out.append(f"{name}: objective {oid} has no text")
         sections = o.get("sections")
-        if sections is not None and (not isinstance(sections, list) or not sections
-                                     or not all(isinstance(x, str) for x in sections)):
+        if sections is None:
+            out.append(f"{name}: objective {oid} names no sections (metadata 'sections': the titles of the '## ' "
+                       "sections that teach it, which `bloomlib progress` tells a learner to revisit)")
+        elif not isinstance(sections, list) or not sections or not all(isinstance(x, str) for x in sections):
             out.append(f"{name}: objective {oid}: sections must be a non-empty list of the lesson's section titles "
                        f"(its '## ' headings, without the '## '), got {sections!r}")
-        elif sections is not None:
+        else:
             titles = section_titles(nb)
             out += [f"{name}: objective {oid} names section {x!r}, which is not a '## ' heading of the lesson"
                     for x in sections if x not in titles]
