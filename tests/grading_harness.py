@@ -8,6 +8,7 @@ against the visible tests only (``~visible``) and against all tests (plain ids),
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -227,6 +228,33 @@ def assert_graded_cells_name_objectives(source: NotebookNode, objectives: set[st
     named = {gid(c): objectives_of(c) for c in source.cells if is_test(c)}
     assert [(g, o) for g, o in named.items() if not o or not set(o) <= objectives] == []
     assert {o for os_ in named.values() for o in os_} == objectives
+
+
+CHECK_CELL = "check_my_notebook"  # grade_id of an exercise's last cell, which grades the saved copy
+
+
+def assert_check_cell_closes(source: NotebookNode, exercise: NotebookNode, name: str) -> None:
+    """The last code cell of both notebooks is the locked, read-only "check my notebook" cell for ``name``, and the
+    only code cell that names bloomlib."""
+    for nb in (source, exercise):
+        cell = [c for c in nb.cells if c.cell_type == "code"][-1]
+        meta = cell.metadata.nbgrader
+        assert (meta["grade_id"], meta["grade"], meta["solution"], meta["locked"]) == (CHECK_CELL, False, False, True)
+        assert "nbval-ignore-output" in cell.metadata.get("tags", [])
+        assert f'check_my_notebook("{name}")' in cell.source
+        assert "Done?" in nb.cells[nb.cells.index(cell) - 1].source
+    assert_no_bloomlib_in_code(source, exercise, allowed=(CHECK_CELL,))
+
+
+def assert_cli_grades_blank_zero(exercise_path: Path, total_points: float, manual_points: float = 0) -> None:
+    """`bloomlib grade --json` on the untouched exercise: 0 of ``total_points``, every question with feedback."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "bloomlib"), "grade", str(exercise_path), "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=exercise_path.parent)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["notebook"], result["score"], result["max_score"]) == (exercise_path.name, 0, total_points)
+    assert result["manual_max_score"] == manual_points
+    assert all(q["score"] == 0 and q["feedback"] for q in result["questions"])
 
 
 def assert_no_bloomlib_in_code(*notebooks: NotebookNode, allowed: tuple[str, ...] = ()) -> None:

@@ -6,10 +6,7 @@ nbval runs the lesson and the solution themselves (pytest's testpaths)."""
 from __future__ import annotations
 
 import functools
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,6 @@ SOURCE = REPO / "solutions" / "03_apply.ipynb"
 EXERCISE = REPO / "exercises" / "03_apply.ipynb"
 OBJECTIVES = {"03.1", "03.2", "03.3", "03.4", "03.5", "03.6"}
 TOTAL_POINTS = 21
-CHECK_CELL = "check_my_notebook"
 BLOOM_VERBS = ["apply", "implement", "use", "execute", "compute", "calculate", "construct", "build", "assemble",
                "demonstrate", "solve", "carry", "train"]
 
@@ -41,21 +37,12 @@ def test_lesson_follows_the_house_rules():
 
 
 # ------------------------------------------------------------------------------------------ structure
-def test_exercise_does_not_import_bloomlib(source, exercise):
-    harness.assert_no_bloomlib_in_code(source, exercise, allowed=(CHECK_CELL,))
-
-
 def test_check_my_notebook_cell_closes_the_exercise(source, exercise):
-    """The last code cell, locked and read-only, grades the saved copy of this very exercise."""
-    for nb in (source, exercise):
-        cell = [c for c in nb.cells if c.cell_type == "code"][-1]
-        meta = cell.metadata.nbgrader
-        assert (meta["grade_id"], meta["grade"], meta["solution"], meta["locked"]) == (CHECK_CELL, False, False, True)
-        assert "nbval-ignore-output" in cell.metadata.get("tags", [])
-        assert f'check_my_notebook("{EXERCISE.name}")' in cell.source
-        assert "Done?" in nb.cells[nb.cells.index(cell) - 1].source
-    assert "check your work" in source.cells[0].source.lower() and f"bloomlib grade exercises/{EXERCISE.name}" in (
-        source.cells[0].source)
+    """The last code cell, locked and read-only, grades the saved copy of this very exercise; it is the only code
+    cell that names bloomlib."""
+    harness.assert_check_cell_closes(source, exercise, EXERCISE.name)
+    assert "check your work" in source.cells[0].source.lower()
+    assert f"bloomlib grade exercises/{EXERCISE.name}" in source.cells[0].source
 
 
 def test_every_graded_cell_names_objectives_of_lesson_03(source):
@@ -373,12 +360,7 @@ def test_feedback_never_shows_hidden_test_source(graded, source):
 
 
 def test_bloomlib_grade_gives_the_untouched_exercise_zero():
-    proc = subprocess.run([str(Path(sys.executable).parent / "bloomlib"), "grade", str(EXERCISE), "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["notebook"] == EXERCISE.name and result["max_score"] == TOTAL_POINTS and result["score"] == 0
-    assert all(q["score"] == 0 and q["feedback"] for q in result["questions"])
+    harness.assert_cli_grades_blank_zero(EXERCISE, TOTAL_POINTS)
 
 
 # ------------------------------------------------------------------------------- nbgrader course, e2e

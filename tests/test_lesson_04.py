@@ -3,10 +3,7 @@ solution full marks, every planted mistake loses points with feedback that names
 from __future__ import annotations
 
 import functools
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -283,12 +280,7 @@ def test_feedback_never_shows_hidden_test_source(graded, source):
 
 
 def test_bloomlib_grade_gives_the_untouched_exercise_zero():
-    proc = subprocess.run([str(Path(sys.executable).parent / "bloomlib"), "grade", str(EXERCISE), "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["notebook"] == EXERCISE.name and result["max_score"] == TOTAL_POINTS and result["score"] == 0
-    assert all(q["score"] == 0 and q["feedback"] for q in result["questions"])
+    harness.assert_cli_grades_blank_zero(EXERCISE, TOTAL_POINTS)
 
 
 @pytest.mark.slow
