@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 
 from bloomlib.course import grading
-from bloomlib.course.objectives import BLOOM_LEVELS, declared_objectives
+from bloomlib.course.objectives import BLOOM_LEVELS, declared_objectives, graded_cells
 
 LESSONS_DIR = grading.REPO / "notebooks"
 
@@ -64,10 +64,10 @@ def _untouched(submission: nbformat.NotebookNode, source: nbformat.NotebookNode)
 
 def lesson_progress(exercise: Path, source: Path, lesson: Path | None, timeout: float = 60.0) -> LessonProgress:
     """Grade one exercise notebook (path) against its source and say which of the lesson's objectives it meets."""
+    lesson_nb = nbformat.read(lesson, as_version=4) if lesson is not None and lesson.exists() else None
     objectives = [Objective(o["id"], o.get("text", ""), list(o.get("sections", [])))
-                  for o in (declared_objectives(lesson) if lesson is not None and lesson.exists() else [])]
-    level = (nbformat.read(lesson, as_version=4).metadata.get("bloomlib", {}).get("level", "")
-             if lesson is not None and lesson.exists() else "")
+                  for o in (declared_objectives(lesson_nb) if lesson_nb is not None else [])]
+    level = lesson_nb.metadata.get("bloomlib", {}).get("level", "") if lesson_nb is not None else ""
     out = LessonProgress(exercise.name, level or exercise.stem[3:], "missing", not_met=objectives)
     if not exercise.exists():
         return out
@@ -85,10 +85,8 @@ def lesson_progress(exercise: Path, source: Path, lesson: Path | None, timeout: 
     out.score, out.max_score = result["score"], result["max_score"]
     out.manual_max_score = result.get("manual_max_score", 0.0)
     by_id = {q["id"]: q for q in result["questions"]}
-    failing = {oid for c in src.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade")
-               for oid in c.metadata.get("bloomlib", {}).get("objectives", [])
-               if (q := by_id.get(c.metadata.nbgrader["grade_id"])) and not q["manual"]
-               and q["score"] < q["max_score"]}
+    failing = {oid for grade_id, named in graded_cells(src) for oid in named or []
+               if (q := by_id.get(grade_id)) and not q["manual"] and q["score"] < q["max_score"]}
     out.not_met = [o for o in objectives if o.id in failing]
     return out
 
@@ -104,11 +102,22 @@ def course_progress(folder: str | Path | None = None, solutions_dir: str | Path 
     return [lesson_progress(folder / s.name, s, lessons / s.name, timeout) for s in sources]
 
 
+def _score(r: LessonProgress) -> str:
+    """Points marked automatically, as "score/max", or the state of an exercise that was not graded."""
+    return f"{r.score:g}/{r.max_score - r.manual_max_score:g}" if r.status == "graded" else r.status
+
+
+def _totals(rows: list[LessonProgress]) -> str:
+    graded = [r for r in rows if r.status == "graded"]
+    return (f"{len(graded)} of {len(rows)} exercises graded: {sum(r.score for r in graded):g}/"
+            f"{sum(r.max_score - r.manual_max_score for r in graded):g} points marked automatically")
+
+
 def _summary(rows: list[LessonProgress]) -> str:
     lines = [f"{'level':<11} {'exercise':<22} {'score':>9}  objectives not met yet (sections to revisit)"]
     for r in sorted(rows, key=lambda r: (BLOOM_LEVELS.index(r.level) if r.level in BLOOM_LEVELS else 99,
                                          r.notebook)):
-        score = f"{r.score:g}/{r.max_score - r.manual_max_score:g}" if r.status == "graded" else r.status
+        score = _score(r)
         todo = "none: every objective met" if r.status == "graded" and not r.not_met else ""
         lines.append(f"{r.level:<11} {r.notebook:<22} {score:>9}  {todo}".rstrip())
         if r.status == "broken":
@@ -118,10 +127,7 @@ def _summary(rows: list[LessonProgress]) -> str:
             lines.append(f"{'':<45}{o.id} {o.text[:70]}{'…' if len(o.text) > 70 else ''} ({where})")
         if r.status == "graded" and r.manual_max_score:
             lines.append(f"{'':<45}+ {r.manual_max_score:g} points marked by hand by your instructor")
-    graded = [r for r in rows if r.status == "graded"]
-    lines.append(f"{len(graded)} of {len(rows)} exercises graded: "
-                 f"{sum(r.score for r in graded):g}/{sum(r.max_score - r.manual_max_score for r in graded):g} "
-                 "points marked automatically")
+    lines.append(_totals(rows))
     return "\n".join(lines)
 
 
@@ -131,7 +137,6 @@ def _html(rows: list[LessonProgress]) -> str:
 
     body = []
     for r in rows:
-        score = f"{r.score:g}/{r.max_score - r.manual_max_score:g}" if r.status == "graded" else r.status
         if r.status == "broken":
             todo = f"could not be graded: {html.escape(r.message)}"
         elif r.status != "graded":
@@ -140,7 +145,7 @@ def _html(rows: list[LessonProgress]) -> str:
             todo = "<br>".join(f"<b>{o.id}</b> {html.escape(o.text)} (revisit: "
                                f"{html.escape('; '.join('§' + s for s in o.sections) or 'the objectives list')})"
                                for o in r.not_met) or "every objective met"
-        body.append(f"<tr><td>{r.level}</td><td>{r.notebook}</td><td>{score}</td><td>{todo}</td></tr>")
+        body.append(f"<tr><td>{r.level}</td><td>{r.notebook}</td><td>{_score(r)}</td><td>{todo}</td></tr>")
     return ('<table class="bloomlib-progress"><thead><tr><th>level</th><th>exercise</th><th>score</th>'
             f'<th>objectives not met yet</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
 
@@ -177,10 +182,7 @@ class ProgressView:
         except ValueError as e:
             self.status.value = f"Could not grade: {e}"
             return
-        graded = [r for r in self.rows if r.status == "graded"]
-        self.status.value = (f"{len(graded)} of {len(self.rows)} exercises graded: "
-                             f"{sum(r.score for r in graded):g}/"
-                             f"{sum(r.max_score - r.manual_max_score for r in graded):g} points marked automatically.")
+        self.status.value = _totals(self.rows) + "."
         self.table.value = _html(self.rows)
 
     def _ipython_display_(self) -> None:
