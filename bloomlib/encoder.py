@@ -21,6 +21,13 @@ from bloomlib.model import Transformer, _init_weights
 from bloomlib.sampling import check_sampling_args, draw_next_token
 
 
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, d), mask (B, T) 1/0 -> (B, d): the mean over the real (mask 1) positions; a row with none is 0.
+    One vector per sentence (sentence-transformers' pooling)."""
+    m = mask[..., None].to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 class Encoder(nn.Module):
     """BERT-style encoder: (B, T) ids -> (B, T, d_model) contextual hidden states.
 

