@@ -46,6 +46,7 @@ class PagedKVCache:
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
         self.pages = torch.zeros(n_layer, num_pages, page_size, 2, n_kv_head, head_dim, dtype=dtype, device=device)
         self.page_size = page_size
+        self._gathered = self.pages.new_empty(0)  # reused by every gather: a fresh buffer each time costs page faults
         self._step: tuple[torch.Tensor, torch.Tensor, int, list[_Group]] | None = None
 
     @property
@@ -130,8 +131,12 @@ class PagedKVCache:
             out.index_copy_(1, g.packed, og.transpose(0, 1).reshape(-1, b * T, D).index_select(1, g.kept))
         return out[None], None
 
-    @staticmethod
-    def _attend_group(g: _Group, qg: torch.Tensor, pages: torch.Tensor, attend) -> torch.Tensor:
+    def _attend_group(self, g: _Group, qg: torch.Tensor, pages: torch.Tensor, attend) -> torch.Tensor:
         """qg (b, H, T, D) over the keys in the group's pages -> (b, H, T, D)."""
-        kv = pages.index_select(0, g.pages).view(g.shape[0], -1, *pages.shape[2:]).to(qg.dtype)  # (b, n_k, 2, ..)
+        n = len(g.pages)
+        if len(self._gathered) < n:
+            with torch.inference_mode(False):  # a normal tensor: it may be written in and out of inference mode
+                self._gathered = pages.new_empty(max(n, len(pages)), *pages.shape[1:])
+        kv = torch.index_select(pages, 0, g.pages, out=self._gathered[:n])
+        kv = kv.view(g.shape[0], -1, *pages.shape[2:]).to(qg.dtype)                         # (b, n_k, 2, H_kv, D)
         return attend(qg, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2), layout=g.layout)[0]
