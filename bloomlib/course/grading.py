@@ -29,6 +29,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from bloomlib.course import integrity
+from bloomlib.course.integrity import nbgrader_meta
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: bloomlib/course/grading.py -> repository root
 SOLUTIONS_DIR = REPO / "solutions"  # the defaults, used only when they exist (see solutions_folder)
@@ -39,17 +40,13 @@ _FEEDBACK_CHARS = 500
 GRADING_ENV = "BLOOMLIB_GRADING"  # set in the kernel of a grading run; nbgrader sets NBGRADER_EXECUTION in its own
 
 
-def _meta(cell: NotebookNode) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {})
-
-
 def _grade_id(cell: NotebookNode) -> str | None:
-    return _meta(cell).get("grade_id")
+    return nbgrader_meta(cell).get("grade_id")
 
 
 def _is_protected(cell: NotebookNode) -> bool:
     """Cells the learner may not change: tests and read-only cells (not answers)."""
-    m = _meta(cell)
+    m = nbgrader_meta(cell)
     return bool(m.get("grade_id")) and (m.get("locked") or m.get("grade")) and not m.get("solution")
 
 
@@ -96,7 +93,7 @@ def normalize(nb: NotebookNode) -> list[tuple]:
     """What must match between a generated exercise and the file on disk: cell types, sources, nbgrader metadata
     and the course's own (`bloomlib`: the objectives a graded cell assesses); outputs, execution counts, cell ids
     and other metadata are ignored."""
-    return [(c.cell_type, c.source.strip(), json.dumps(_meta(c), sort_keys=True),
+    return [(c.cell_type, c.source.strip(), json.dumps(nbgrader_meta(c), sort_keys=True),
              json.dumps(c.get("metadata", {}).get("bloomlib", {}), sort_keys=True)) for c in nb.cells]
 
 
@@ -139,7 +136,7 @@ def assemble(submission: NotebookNode, source: NotebookNode) -> NotebookNode:
             if _is_protected(src_cells[gid]):
                 cell = copy.deepcopy(src_cells[gid])
             else:  # the learner's answer, with the source's metadata (points cannot be edited)
-                cell.metadata["nbgrader"] = copy.deepcopy(_meta(src_cells[gid]))
+                cell.metadata["nbgrader"] = copy.deepcopy(nbgrader_meta(src_cells[gid]))
         else:  # learner's own cell, a duplicate, or an unknown id: never graded
             cell.get("metadata", {}).pop("nbgrader", None)
         cells.append(cell)
@@ -193,7 +190,7 @@ def execute(nb: NotebookNode, timeout: float = 60.0, cwd: Path | None = None) ->
         # GRADING_ENV tells a "check my notebook" cell that it runs inside a grading run (see check_my_notebook)
         with client.setup_kernel(stderr=subprocess.DEVNULL, env={**os.environ, GRADING_ENV: "1"}):
             for i in done:
-                if not _meta(nb.cells[i]).get("grade"):
+                if not nbgrader_meta(nb.cells[i]).get("grade"):
                     client.execute_cell(copy.deepcopy(nb.cells[i]), i)
             while pos < len(code):
                 i, pos = code[pos], pos + 1
@@ -240,7 +237,7 @@ def score(executed: NotebookNode, source: NotebookNode, name: str) -> dict:
     by_id = {_grade_id(c): c for c in executed.cells if _grade_id(c)}
     questions = []
     for src in source.cells:
-        m = _meta(src)
+        m = nbgrader_meta(src)
         if not m.get("grade"):
             continue
         cell = by_id.get(m["grade_id"])

@@ -100,7 +100,8 @@ _REPORT = ('print("' + _REPORT_MARK + '" + __import__("json").dumps('
            '__import__("sys").modules["' + _MODULE + '"].violations))')
 
 
-def _nbgrader(cell: NotebookNode) -> dict:
+def nbgrader_meta(cell: NotebookNode) -> dict:
+    """A cell's nbgrader metadata ({} for a cell nbgrader does not manage)."""
     return cell.get("metadata", {}).get("nbgrader", {})
 
 
@@ -109,7 +110,7 @@ def questions(nb: NotebookNode) -> dict[str, tuple[int, list[int]]]:
     (markdown) are left out: they run no code."""
     out, current = {}, None
     for i, cell in enumerate(nb.cells):
-        m = _nbgrader(cell)
+        m = nbgrader_meta(cell)
         if m.get("solution") and not m.get("grade") and cell.cell_type == "code":
             current = m.get("grade_id")
             out[current] = (i, [])
@@ -144,7 +145,7 @@ def _learner_cells(nb: NotebookNode) -> dict[int, str]:
             last = answers[i]
             out.update({j: last for j in pending + [i]})
             pending = []
-        elif cell.cell_type == "code" and not _nbgrader(cell) and not cell.source.lstrip().startswith("%%"):
+        elif cell.cell_type == "code" and not nbgrader_meta(cell) and not cell.source.lstrip().startswith("%%"):
             pending.append(i)  # a cell magic must stay first: such a cell is not watched
     if last is not None:
         out.update({j: last for j in pending})

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 
 from bloomlib.course import grading
+from bloomlib.course.integrity import nbgrader_meta
 from bloomlib.course.objectives import BLOOM_LEVELS, declared_objectives, graded_cells
 
 LESSONS_DIR = grading.REPO / "notebooks"
@@ -56,9 +57,9 @@ def lessons_folder(lessons_dir: str | Path | None = None) -> Path:
 def _untouched(submission: nbformat.NotebookNode, source: nbformat.NotebookNode) -> bool:
     """Every answer cell (nbgrader solution cell) as released: the learner has not started."""
     released = {c.metadata.nbgrader["grade_id"]: c.source.strip() for c in grading.release_notebook(source).cells
-                if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+                if nbgrader_meta(c).get("solution")}
     answers = {c.metadata.nbgrader.get("grade_id"): c.source.strip() for c in submission.cells
-               if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+               if nbgrader_meta(c).get("solution")}
     return all(answers.get(gid, text) == text for gid, text in released.items())
 
 
