@@ -14,10 +14,10 @@ LEARNER := $(VENV)/.learner-mode
 # README.md, "For instructors", shows how to turn them back on.
 NBGRADER_LAB := formgrader create-assignment assignment-list course-list
 NBGRADER_SERVER := formgrader assignment_list course_list
-# A learner's lab does not ask about Jupyter news or check for updates (it runs offline).
+# Every lab of this environment (make lab, make hub's users) takes deploy/lab-overrides.json as its defaults:
+# no question about Jupyter news, no update check (it runs offline), and RISE's "white" theme (the default one
+# fetches Google Fonts; "white" ships its own, so slides stay offline). deploy/Dockerfile installs the same file.
 LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
-# RISE's default theme fetches Google Fonts; "white" ships its own fonts (slides stay offline).
-QUIET_LAB := {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}, "jupyterlab-rise:plugin": {"theme": "white"}}
 # Jupyter refuses to start as root without --allow-root; in a container or a cloud VM you often are root.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
@@ -35,9 +35,9 @@ $(LEARNER): $(STAMP)
 	$(BIN)/jupyter server extension disable --sys-prefix $(addprefix nbgrader.server_extensions.,$(NBGRADER_SERVER))
 	touch $@
 
-$(LAB_OVERRIDES): $(STAMP) Makefile
+$(LAB_OVERRIDES): $(STAMP) deploy/lab-overrides.json
 	mkdir -p $(dir $@)
-	printf '%s\n' '$(QUIET_LAB)' > $@
+	cp deploy/lab-overrides.json $@
 
 # Opens on lesson 01; the file browser shows the whole course (notebooks/, exercises/).
 lab: $(LEARNER) $(LAB_OVERRIDES)
@@ -95,14 +95,15 @@ $(PROXY): deploy/node/package.json deploy/node/package-lock.json
 	touch $@
 
 .PHONY: hub
-hub: $(STAMP) $(PROXY)
+hub: $(STAMP) $(PROXY) $(LAB_OVERRIDES)
 	@echo "make hub: instructor, sign up as $(HUB_ADMIN) at http://<this machine>:$(HUB_PORT)/hub/signup before the room does;"
 	@echo "          approve each learner's sign-up at /hub/authorize. Ctrl-C stops the hub and every server."
 	PATH="$(abspath $(BIN)):$$PATH" HUB_STATE="$(abspath $(HUB_STATE))" HUB_IP=$(HUB_IP) HUB_PORT=$(HUB_PORT) \
 	  HUB_ADMIN=$(HUB_ADMIN) $(BIN)/jupyterhub -f deploy/jupyterhub_config.py
 
-# tests/test_hub.py starts the hub: `make test` installs the proxy where npm is (without npm the test is skipped)
-test: $(if $(shell command -v npm 2>/dev/null),$(PROXY))
+# tests/test_hub.py starts the hub: `make test` installs the proxy where npm is (without npm the test is skipped),
+# and the lab defaults its users get
+test: $(if $(shell command -v npm 2>/dev/null),$(PROXY)) $(LAB_OVERRIDES)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .bench grading-workdir

@@ -88,11 +88,6 @@ def prepare_home(home: Path, user: str, role: str, *, exchange: Path, course_roo
     server, page = jupyter_config(role)
     (cfg / "jupyter_server_config.json").write_text(json.dumps(server, indent=1) + "\n")
     (cfg / "labconfig" / "page_config.json").write_text(json.dumps(page, indent=1) + "\n")
-    # JupyterLab neither asks about news nor checks for updates (offline), unless the user changes it
-    news = cfg / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    if not news.exists():
-        news.parent.mkdir(parents=True, exist_ok=True)
-        news.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}) + "\n")
     (cfg / "nbgrader_config.py").write_text(nbgrader_config(role, exchange=exchange, user=user,
                                                             course_root=course_root))
     if role == "instructor":

@@ -332,6 +332,10 @@ def test_class_on_the_hub(tmp_path):
             headers = {"Authorization": f"token {hub.tokens[learner]}"}
             r = requests.get(f"{hub.url}/user/{learner}/formgrader", headers=headers, timeout=30)
             assert r.status_code == 404, f"{learner} sees the formgrader: {r.status_code}"
+        # every lab takes deploy/lab-overrides.json as its defaults (`make hub` and `make test` install it)
+        for plugin, settings in json.loads((REPO / "deploy" / "lab-overrides.json").read_text()).items():
+            schema = hub.api("GET", f"/user/{LEARNERS[1]}/lab/api/settings/{plugin}", LEARNERS[1]).json()["schema"]
+            assert {k: schema["properties"][k]["default"] for k in settings} == settings, plugin
 
         _instructor(hub, ["generate_assignment", ASSIGNMENT, "--force"], ["release_assignment", ASSIGNMENT, "--force"])
         source = nbformat.read(SOURCE, as_version=4)
