@@ -116,8 +116,15 @@ def test_bench_serve_json_runs(capsys):
 
     from bloomlib.serving import bench
 
-    assert bench.main(["--json", "--requests", "4", "--spec-requests", "1", "--spec-max-tokens", "8"]) == 0
+    assert bench.main(["--json", "--requests", "4", "--hf-requests", "4", "--repeat", "2", "--spec-requests", "1",
+                       "--spec-max-tokens", "8"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["throughput"]["repeat"] == 2
+    hf = report["vs_transformers"]  # transformers' own generate on the exported weights: the same greedy tokens
+    assert hf is not None and hf["identical_greedy_requests"] == hf["requests"] == 4
+    with pytest.raises(SystemExit):
+        bench.main(["--repeat", "0"])
+    assert "--repeat must be at least 1" in capsys.readouterr().err
     kv = report["kv_memory"]
     assert kv["contiguous_utilization"] < kv["paged_utilization"] <= 1.0
     assert report["quantization"]["int4"]["weight_bytes"] < report["quantization"]["int8"]["weight_bytes"] < \
