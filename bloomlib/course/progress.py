@@ -54,13 +54,15 @@ def lessons_folder(lessons_dir: str | Path | None = None) -> Path:
     return folder
 
 
+def _answers(nb: nbformat.NotebookNode) -> dict[str | None, str]:
+    """grade_id -> source of every answer cell (nbgrader solution cell)."""
+    return {nbgrader_meta(c).get("grade_id"): c.source.strip() for c in nb.cells if nbgrader_meta(c).get("solution")}
+
+
 def _untouched(submission: nbformat.NotebookNode, source: nbformat.NotebookNode) -> bool:
-    """Every answer cell (nbgrader solution cell) as released: the learner has not started."""
-    released = {c.metadata.nbgrader["grade_id"]: c.source.strip() for c in grading.release_notebook(source).cells
-                if nbgrader_meta(c).get("solution")}
-    answers = {c.metadata.nbgrader.get("grade_id"): c.source.strip() for c in submission.cells
-               if nbgrader_meta(c).get("solution")}
-    return all(answers.get(gid, text) == text for gid, text in released.items())
+    """Every answer cell as released: the learner has not started."""
+    answers = _answers(submission)
+    return all(answers.get(gid, text) == text for gid, text in _answers(grading.release_notebook(source)).items())
 
 
 def lesson_progress(exercise: Path, source: Path, lesson: Path | None, timeout: float = 60.0) -> LessonProgress:
