@@ -27,15 +27,12 @@ from bloomlib.serving.sequence import RequestOutput, SafetyFilter, SamplingParam
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     """logits (B, V) -> one token per sequence, each with its own parameters and generator."""
-    greedy = logits.argmax(dim=-1).tolist()
-    out = []
-    for row, seq, g in zip(logits, seqs, greedy):
+    out = logits.argmax(dim=-1).tolist()
+    for i, seq in enumerate(seqs):
         p = seq.params
-        if p.temperature == 0:
-            out.append(g)
-        else:
-            probs = torch.softmax(filter_logits(row[None].float(), p.temperature, p.top_k, p.top_p), dim=-1)
-            out.append(int(torch.multinomial(probs, 1, generator=seq.generator)))
+        if p.temperature != 0:
+            probs = torch.softmax(filter_logits(logits[i:i + 1].float(), p.temperature, p.top_k, p.top_p), dim=-1)
+            out[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
     return out
 
 

@@ -108,28 +108,30 @@ class PagedKVCache:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend):
         """q (1, H, N, D), k and v (1, H_kv, N, D) for the N packed tokens -> (out (1, H, N, D), None)."""
+        # Tensor methods (select, narrow, unsqueeze) rather than indexing: a one-token step is so small that
+        # Python's slower x[...] shows in the time per token.
         _, slots, _, groups = self._prepared()
-        pages = self.pages[layer]
+        pages = self.pages.select(0, layer)
         n_pages, ps, _, n_kv, D = pages.shape
         slot_kv = pages.view(n_pages * ps, 2, n_kv, D)
-        slot_kv[:, 0].index_copy_(0, slots, k[0].transpose(0, 1).to(pages.dtype))   # (N, H_kv, D) each
-        slot_kv[:, 1].index_copy_(0, slots, v[0].transpose(0, 1).to(pages.dtype))
-        out = None
+        slot_kv.select(1, 0).index_copy_(0, slots, k.squeeze(0).transpose(0, 1).to(pages.dtype))  # (N, H_kv, D)
+        slot_kv.select(1, 1).index_copy_(0, slots, v.squeeze(0).transpose(0, 1).to(pages.dtype))
+        q, out = q.squeeze(0), None                                                    # (H, N, D)
         for g in groups:
             b, T = g.shape
             if g.first is not None:  # decoding rows: a slice of the packed tokens
-                rows = slice(g.first, g.first + b)
-                og = self._attend_group(g, q[0][:, rows].transpose(0, 1)[:, :, None], pages, attend)  # (b, H, 1, D)
-                if b == q.shape[2]:  # every sequence decodes: the output is this group's
-                    return og.squeeze(2).transpose(0, 1)[None], None
-                out = torch.empty_like(q[0]) if out is None else out               # (H, N, D)
-                out[:, rows] = og.squeeze(2).transpose(0, 1)
+                og = self._attend_group(g, q.narrow(1, g.first, b).transpose(0, 1).unsqueeze(2), pages, attend)
+                og = og.squeeze(2).transpose(0, 1)                                     # (H, b, D)
+                if b == q.shape[1]:  # every sequence decodes: the output is this group's
+                    return og.unsqueeze(0), None
+                out = torch.empty_like(q) if out is None else out
+                out.narrow(1, g.first, b).copy_(og)
                 continue
-            out = torch.empty_like(q[0]) if out is None else out
-            qg = q[0].index_select(1, g.queries).view(-1, b, T, D).transpose(0, 1)  # (b, H, T, D)
+            out = torch.empty_like(q) if out is None else out
+            qg = q.index_select(1, g.queries).view(-1, b, T, D).transpose(0, 1)     # (b, H, T, D)
             og = self._attend_group(g, qg, pages, attend)                           # (b, H, T, D)
             out.index_copy_(1, g.packed, og.transpose(0, 1).reshape(-1, b * T, D).index_select(1, g.kept))
-        return out[None], None
+        return out.unsqueeze(0), None
 
     def _attend_group(self, g: _Group, qg: torch.Tensor, pages: torch.Tensor, attend) -> torch.Tensor:
         """qg (b, H, T, D) over the keys in the group's pages -> (b, H, T, D)."""
@@ -137,6 +139,6 @@ class PagedKVCache:
         if len(self._gathered) < n:
             with torch.inference_mode(False):  # a normal tensor: it may be written in and out of inference mode
                 self._gathered = pages.new_empty(max(n, len(pages)), *pages.shape[1:])
-        kv = torch.index_select(pages, 0, g.pages, out=self._gathered[:n])
+        kv = torch.index_select(pages, 0, g.pages, out=self._gathered.narrow(0, 0, n))
         kv = kv.view(g.shape[0], -1, *pages.shape[2:]).to(qg.dtype)                         # (b, n_k, 2, H_kv, D)
-        return attend(qg, kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2), layout=g.layout)[0]
+        return attend(qg, kv.select(2, 0).transpose(1, 2), kv.select(2, 1).transpose(1, 2), layout=g.layout)[0]

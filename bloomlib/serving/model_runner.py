@@ -45,8 +45,8 @@ class ModelRunner:
         ids = torch.tensor([[t for i in order for t in tokens[i]]], dtype=torch.long, device=self.device)
         with small_step_mode():
             h, _ = self.model.transformer(ids, kv_cache=self.cache, check_ids=False)     # (1, N, d_model)
-            h = h[0]
-            if last_only:
+            h = h.squeeze(0)
+            if last_only and len(h) > len(lens):  # some sequence fed several tokens: keep each one's last
                 h = h[torch.tensor([lens[i] for i in order], device=self.device).cumsum(0) - 1]
             logits = self.model.lm_head(h)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
