@@ -172,6 +172,10 @@ class Sequence:
         return self.token_ids[self.num_prompt_tokens:]
 
     @property
+    def num_completion_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens  # without copying completion_ids every token
+
+    @property
     def is_finished(self) -> bool:
         return self.status == Status.FINISHED
 
@@ -186,7 +190,7 @@ class Sequence:
             hits = [i for i in (self._raw.find(s, search_from) for s in self.params.stop) if i >= 0]
             if hits:
                 self._raw, self.finish_reason, self._cut = self._raw[:min(hits)], "stop", True
-        if self.finish_reason is None and len(self.token_ids) - self.num_prompt_tokens >= self.params.max_tokens:
+        if self.finish_reason is None and self.num_completion_tokens >= self.params.max_tokens:
             self.finish_reason = "length"
         if self.finish_reason is not None:
             self.status = Status.FINISHED

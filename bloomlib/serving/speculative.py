@@ -81,7 +81,7 @@ class SpeculativeDecoder:
         n_t = n_d = 0  # tokens whose KV each cache holds
         while not seq.is_finished:
             n = len(seq)
-            gamma = min(self.k, params.max_tokens - len(seq.completion_ids), self.context - n)
+            gamma = min(self.k, params.max_tokens - seq.num_completion_tokens, self.context - n)
             drafts, qs = [], []
             for _ in range(gamma):   # draft: gamma single-token steps (the first also catches up)
                 feed = (seq.token_ids + drafts)[n_d:]
