@@ -19,6 +19,6 @@ from bloomlib.serving.sequence import DEFAULT_BLOCKLIST, RequestOutput, SafetyFi
 from bloomlib.serving.speculative import SpeculativeDecoder, SpecStats
 
 __all__ = ["BlockManager", "LLM", "CompletionOutput", "LLMEngine", "EngineConfig", "ModelRunner", "PagedKVCache",
-           "Scheduler", "Int4Linear", "Int8Linear", "quantize_model", "weight_bytes", "Router", "shared_prefix_workload",
-           "simulate_routing", "DEFAULT_BLOCKLIST",
-           "RequestOutput", "SafetyFilter", "SamplingParams", "Sequence", "SpeculativeDecoder", "SpecStats"]
+           "Scheduler", "Int4Linear", "Int8Linear", "quantize_model", "weight_bytes", "Router",
+           "shared_prefix_workload", "simulate_routing", "DEFAULT_BLOCKLIST", "RequestOutput", "SafetyFilter",
+           "SamplingParams", "Sequence", "SpeculativeDecoder", "SpecStats"]

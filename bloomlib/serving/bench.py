@@ -87,7 +87,7 @@ def run_engine(model, reqs, concurrency: int, static: bool, kv_block_size: int, 
     if kv_stats is not None and samples:
         live, paged, contiguous = (sum(x) for x in zip(*samples))
         kv_stats.update(paged_utilization=live / paged, contiguous_utilization=live / contiguous,
-                        kv_block_size=kv_block_size, bytes_per_token=engine.runner.kv_bytes_per_token)
+                        kv_block_size=kv_block_size, bytes_per_token=engine.runner.cache.bytes_per_token)
     return sum(n for _, n in reqs) / elapsed, [outputs[i][:n] for i, (_, n) in zip(ids, reqs)]
 
 

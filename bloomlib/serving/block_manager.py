@@ -61,10 +61,6 @@ class BlockManager:
         return len(self.evictable)
 
     @property
-    def utilization(self) -> float:
-        return self.num_used / self.num_blocks
-
-    @property
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
 
@@ -117,8 +113,7 @@ class BlockManager:
             block.ref_count += 1
             seq.block_table.append(block.id)
         seq.num_cached_tokens = len(cached) * self.kv_block_size
-        for _ in range(self.blocks_needed(len(seq.token_ids)) - len(cached)):
-            seq.block_table.append(self._take_block().id)
+        self.grow(seq, len(seq.token_ids))
 
     def register_full_blocks(self, seq, num_tokens: int) -> None:
         """Hash the sequence's full blocks among its first num_tokens (whose KV is now computed)."""

@@ -131,7 +131,7 @@ class LLMEngine:
         return {"waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
                 "kv_blocks_total": self.bm.num_blocks, "kv_blocks_used": self.bm.num_used,
                 "kv_blocks_free": self.bm.num_free, "kv_blocks_cached": self.bm.num_cached,
-                "kv_utilization": self.bm.utilization, "prefix_cache_hit_rate": self.bm.hit_rate,
+                "kv_utilization": self.bm.num_used / self.bm.num_blocks, "prefix_cache_hit_rate": self.bm.hit_rate,
                 "preemptions": self.scheduler.num_preemptions, "kv_blocks_evicted": self.bm.evictions,
                 "generated_tokens": self.generated_tokens,
                 "tokens_per_s": recent / span if span > 0 else 0.0}

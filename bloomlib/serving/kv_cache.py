@@ -17,6 +17,7 @@ prompt does not pad every decode query to its length.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +63,7 @@ class PagedKVCache:
         positions = [p for s, n in zip(starts, lens) for p in range(s, s + n)]
         slots = [table[p // ps] * ps + p % ps for s, n, table in zip(starts, lens, block_tables)
                  for p in range(s, s + n)]
-        offsets = [0]
-        for n in lens:
-            offsets.append(offsets[-1] + n)
+        offsets = list(itertools.accumulate(lens, initial=0))
         d = next((i for i, n in enumerate(lens) if n > 1), len(lens))  # decoding rows are 0..d-1
         if 1 in lens[d:]:
             raise ValueError("prepare: decoding sequences (one token each) must be packed before the others")

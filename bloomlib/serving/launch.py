@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 import weakref
 from pathlib import Path
@@ -58,9 +57,7 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
-def _positive(name: str, value, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
+def _positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
@@ -112,11 +109,12 @@ class ServerProcess:
         folder = Path(checkpoint)
         if not (folder / "config.json").is_file():
             raise ValueError(f"checkpoint must be a checkpoint folder (with config.json), got {str(checkpoint)!r}")
-        for name, value in (("kv_block_size", kv_block_size), ("num_kv_blocks", num_kv_blocks),
-                            ("max_num_seqs", max_num_seqs), ("max_body_bytes", max_body_bytes), ("threads", threads)):
+        flags = {"kv_block_size": kv_block_size, "num_kv_blocks": num_kv_blocks, "max_num_seqs": max_num_seqs,
+                 "max_body_bytes": max_body_bytes}  # each passed as --kv-block-size etc. when not None
+        for name, value in (flags | {"threads": threads}).items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        _positive("startup_timeout", startup_timeout, allow_none=False)
+        _positive("startup_timeout", startup_timeout)
         if blocklist is not None and not isinstance(blocklist, str):
             raise ValueError(f"blocklist must be a comma-separated str or None, got {type(blocklist).__name__}")
         self.checkpoint, self.host, self.startup_timeout = folder, host, startup_timeout
@@ -124,11 +122,9 @@ class ServerProcess:
         self.port = free_port(host)
         self.argv = [sys.executable, "-m", "bloomlib.cli", "serve", "--checkpoint", str(folder),
                      "--host", host, "--port", str(self.port), "--model-name", self.model_name]
-        for flag, value in (("--kv-block-size", kv_block_size), ("--num-kv-blocks", num_kv_blocks),
-                            ("--max-num-seqs", max_num_seqs), ("--max-body-bytes", max_body_bytes),
-                            ("--blocklist", blocklist)):
+        for name, value in (flags | {"blocklist": blocklist}).items():
             if value is not None:
-                self.argv += [flag, str(value)]
+                self.argv += ["--" + name.replace("_", "-"), str(value)]
         self.env = {**os.environ, **(env or {})}
         if threads is not None:
             self.env["OMP_NUM_THREADS"] = str(threads)

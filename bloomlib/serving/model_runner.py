@@ -28,10 +28,6 @@ class ModelRunner:
         self.cache = PagedKVCache(cfg.n_layer, num_pages, page_size, cfg.n_kv_head, cfg.head_dim,
                                   dtype=weight.dtype, device=weight.device)
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        return self.cache.bytes_per_token
-
     def forward(self, tokens: list[list[int]], starts: list[int], block_tables: list[list[int]],
                 last_only: bool = True) -> torch.Tensor | list[torch.Tensor]:
         """Sequence i feeds tokens[i] at positions starts[i], starts[i] + 1, ...; its KV for positions

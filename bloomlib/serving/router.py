@@ -19,6 +19,7 @@ page hashes), to see those two numbers at N = 2, 4, 8, ... in milliseconds.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
@@ -33,10 +34,9 @@ from bloomlib.serving.sequence import RequestOutput, SafetyFilter, SamplingParam
 POLICIES = ("round_robin", "prefix_aware")
 
 
-def _check_int(name: str, value, low: int) -> int:
+def _check_int(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _check_policy(policy) -> str:
@@ -57,10 +57,7 @@ def page_hashes(token_ids: Seq[int], kv_block_size: int) -> list[bytes]:
 def _leading(hashes: list[bytes], *held) -> int:
     """How many of hashes, from the first on, are in one of the containers held (a chain breaks at its first
     miss)."""
-    n = 0
-    while n < len(hashes) and any(hashes[n] in c for c in held):
-        n += 1
-    return n
+    return len(list(itertools.takewhile(lambda h: any(h in c for c in held), hashes)))
 
 
 def choose_replica(policy: str, index: int, matches: list[int], loads: list[int], routed: list[int]) -> int:
@@ -118,18 +115,16 @@ class Router:
         return cls([LLMEngine(model, tokenizer, config, safety_filter=safety_filter) for _ in range(n_replicas)],
                    policy)
 
-    def _matches(self, pages: list[bytes]) -> list[int]:
-        return [_leading(pages, engine.bm.hash_to_block, set().union(*pending.values()))
-                for engine, pending in zip(self.replicas, self._pending)]
-
     def add_request(self, prompt, params: SamplingParams | None = None) -> str:
         """Route one request (text or token ids) to a replica; its outputs carry the returned id."""
         ids = self.replicas[0].encode(prompt)
         pages = page_hashes(ids, self.kv_block_size)
         lookup = pages[:max(len(ids) - 1, 0) // self.kv_block_size]  # the pages the block manager looks up
         loads = [len(e.scheduler.waiting) + len(e.scheduler.running) for e in self.replicas]
+        matches = [_leading(lookup, engine.bm.hash_to_block, set().union(*pending.values()))
+                   for engine, pending in zip(self.replicas, self._pending)]
         index = len(self.where)  # requests routed so far (a refused one takes no number)
-        r = choose_replica(self.policy, index, self._matches(lookup), loads, self.routed)
+        r = choose_replica(self.policy, index, matches, loads, self.routed)
         request_id = self.replicas[r].add_request(ids, params, request_id=str(index))
         self.routed[r] += 1
         self.prompt_tokens[r] += len(ids)

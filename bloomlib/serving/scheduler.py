@@ -65,9 +65,8 @@ class Scheduler:
 
     def finish(self, seq: Sequence) -> None:
         """Remove a finished or cancelled sequence from the queues and free its blocks at once."""
-        if seq in self.running:
-            self.running.remove(seq)
-        if seq in self.waiting:
-            self.waiting.remove(seq)
+        for queue in (self.running, self.waiting):
+            if seq in queue:
+                queue.remove(seq)
         self.bm.free_sequence(seq)
         seq.status = Status.FINISHED

@@ -174,7 +174,6 @@ def build_app(engine: LLMEngine, model_name: str, max_body_bytes: int = 1 << 20)
         core.shutdown()
 
     app = FastAPI(title="bloomlib serve", lifespan=lifespan)
-    app.state.engine = core
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
