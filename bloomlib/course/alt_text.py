@@ -92,10 +92,11 @@ def _axis(ax, name: str) -> str:
 
 
 def _legend(legend) -> str:
-    entries = [_quote(t.get_text()) for t in legend.get_texts() if t.get_text().strip()]
-    title = legend.get_title().get_text()
+    """A legend's title and entries ('' for no legend, or one without entries)."""
+    entries = [] if legend is None else [_quote(t.get_text()) for t in legend.get_texts() if t.get_text().strip()]
     if not entries:
         return ""
+    title = legend.get_title().get_text()
     return "legend" + (f" {_quote(title)}" if title.strip() else "") + ": " + _join(entries)
 
 
@@ -195,11 +196,8 @@ def describe_axes(ax) -> str:
     titles = [ax.get_title(loc) for loc in ("left", "center", "right") if ax.get_title(loc).strip()]
     words = (f"A {_join(kinds)} titled {_quote(' '.join(titles))}" if titles else f"An untitled {_join(kinds)}")
     words += " with " + _join([w for kind, w in parts if kind is not None])
-    details = [w for kind, w in parts if kind is None] + [_axis(ax, "x"), _axis(ax, "y")]
-    legend = ax.get_legend()
-    if legend is not None and _legend(legend):
-        details.append(_legend(legend))
-    return words + "; " + "; ".join(details)
+    details = [w for kind, w in parts if kind is None] + [_axis(ax, "x"), _axis(ax, "y"), _legend(ax.get_legend())]
+    return words + "; " + "; ".join(d for d in details if d)
 
 
 def describe_figure(fig) -> str:
@@ -214,7 +212,7 @@ def describe_figure(fig) -> str:
     panels = [d for d in (describe_axes(ax) for ax in fig.axes if not hasattr(ax, "_colorbar")) if d]
     suptitle = getattr(fig, "_suptitle", None)
     head = suptitle.get_text().strip() if suptitle is not None else ""
-    legends = [_legend(legend) for legend in fig.legends if _legend(legend)]
+    legends = [text for text in map(_legend, fig.legends) if text]
     if not panels:
         return f"A figure titled {_quote(head)} with no plotted data." if head else "A figure with no plotted data."
     if len(panels) == 1:
@@ -254,8 +252,7 @@ def with_description(figure: AccessibleFigure) -> AccessibleFigure:
 def _publish(figure: AccessibleFigure) -> None:
     from IPython.display import publish_display_data
 
-    data, metadata = figure._repr_mimebundle_()
-    publish_display_data(data, metadata)
+    publish_display_data(*figure._repr_mimebundle_())
 
 
 def _show_figure(fig) -> None:

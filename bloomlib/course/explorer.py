@@ -111,17 +111,15 @@ class Explorer(_Displayable):
     # ----------------------------------------------------------------------------------------------- widgets
     def _build_widget(self) -> None:
         w, c = _widgets(), self.model.config
-        wide = {"description_width": "8em"}
-        self._prompt = w.Text(description="Prompt", continuous_update=False, style=wide,
-                              layout=w.Layout(width="98%"))
-        self._layer = w.IntSlider(description="Layer", min=0, max=c.n_layer - 1, continuous_update=False, style=wide)
-        self._head = w.IntSlider(description="Head", min=0, max=c.n_head - 1, continuous_update=False, style=wide)
+        kw = dict(continuous_update=False, style={"description_width": "8em"})
+        self._prompt = w.Text(description="Prompt", layout=w.Layout(width="98%"), **kw)
+        self._layer = w.IntSlider(description="Layer", min=0, max=c.n_layer - 1, **kw)
+        self._head = w.IntSlider(description="Head", min=0, max=c.n_head - 1, **kw)
         self._temperature = w.FloatSlider(description="Temperature", value=1.0, min=0.0, max=2.0, step=0.05,
-                                          readout_format=".2f", continuous_update=False, style=wide)
-        self._top_k = w.IntSlider(description="top-k (0 = off)", value=0, min=0, max=c.vocab_size,
-                                  continuous_update=False, style=wide)
+                                          readout_format=".2f", **kw)
+        self._top_k = w.IntSlider(description="top-k (0 = off)", value=0, min=0, max=c.vocab_size, **kw)
         self._top_p = w.FloatSlider(description="top-p (1 = off)", value=1.0, min=0.05, max=1.0, step=0.05,
-                                    readout_format=".2f", continuous_update=False, style=wide)
+                                    readout_format=".2f", **kw)
         self._sample = w.Button(description="Sample next token", button_style="primary")
         self._tokens, self._message, self._summary = w.HTML(), w.HTML(), w.HTML()
         self._attention_image, self._bars_image = w.Image(format="png"), w.Image(format="png")

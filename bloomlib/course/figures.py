@@ -19,6 +19,7 @@ import dataclasses
 import html
 import io
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,16 +39,13 @@ MIN_FONT = 8.0  # points: the smallest text, 11 px at DISPLAY_DPI
 GRID_GAP = 1.0  # inches between two mask grids of one column
 
 
-def _palette() -> list[str]:
-    """The course's colour-blind-safe colours, read from matplotlib's style (no rcParams changed)."""
+def _colours() -> dict[str, str]:
+    """Role -> colour: fills light enough for black text, one dark orange for emphasis, blue/grey for masks. The
+    course's colour-blind-safe colours, read from matplotlib's style (no rcParams changed)."""
     import matplotlib.style
 
-    return list(matplotlib.style.library[PALETTE_STYLE]["axes.prop_cycle"].by_key()["color"])
-
-
-def _colours() -> dict[str, str]:
-    """Role -> colour: fills light enough for black text, one dark orange for emphasis, blue/grey for masks."""
-    blue, _, grey, dark_grey, mid_blue, dark_orange, _, light_blue, light_orange, light_grey = _palette()
+    palette = matplotlib.style.library[PALETTE_STYLE]["axes.prop_cycle"].by_key()["color"]
+    blue, _, grey, dark_grey, mid_blue, dark_orange, _, light_blue, light_orange, light_grey = palette
     return {"norm": light_blue, "attention": light_orange, "ffn": mid_blue, "embedding": light_grey,
             "head": grey, "stack": light_orange, "io": "white", "note": "white", "add": "white",
             "edge": dark_grey, "text": "black", "shape": dark_grey, "highlight": dark_orange,
@@ -93,36 +91,29 @@ _ACTIVATION = {"gelu": "GELU", "gelu_tanh": "GELU (tanh)", "relu": "ReLU", "swig
 def _attention_node(config: GPTConfig) -> Node:
     """The self-attention sublayer as bloomlib.blocks.Block builds it from config (MultiHeadAttention)."""
     h, kv = config.n_head, config.n_kv_head
+    heads = f"{h} head{'s' * (h > 1)}"
     label = "Masked multi-head self-attention" if config.causal else "Multi-head self-attention"
-    words = ["masked multi-head self-attention" if config.causal else "bidirectional multi-head self-attention",
-             f"with {h} head{'s' * (h > 1)}"]
-    detail = [f"{h} head{'s' * (h > 1)}"]
+    extras = []  # (the box's detail, the alt text's words) of each variant the config uses
     if kv == 1 and h > 1:
-        detail.append("MQA: 1 K/V head")
-        words.append("multi-query: 1 key/value head")
+        extras.append(("MQA: 1 K/V head", "multi-query: 1 key/value head"))
     elif kv < h:
-        detail.append(f"GQA: {kv} K/V heads")
-        words.append(f"grouped-query: {kv} key/value heads")
+        extras.append((f"GQA: {kv} K/V heads", f"grouped-query: {kv} key/value heads"))
     if config.pos_encoding == "rope":
-        detail.append("RoPE on q, k")
-        words.append("RoPE rotating queries and keys")
+        extras.append(("RoPE on q, k", "RoPE rotating queries and keys"))
     elif config.pos_encoding == "alibi":
-        detail.append("ALiBi bias")
-        words.append("an ALiBi distance bias on the scores")
+        extras.append(("ALiBi bias", "an ALiBi distance bias on the scores"))
     if config.causal and config.sliding_window is not None:
-        detail.append(f"window {config.sliding_window}")
-        words.append(f"a sliding window of {config.sliding_window} tokens")
-    phrase = " ".join(words[:2]) + ("" if len(words) == 2 else " (" + "; ".join(words[2:]) + ")")
-    return Node("attention", "attention", label, " · ".join(detail), phrase)
+        extras.append((f"window {config.sliding_window}", f"a sliding window of {config.sliding_window} tokens"))
+    phrase = ("masked" if config.causal else "bidirectional") + f" multi-head self-attention with {heads}"
+    phrase += f" ({'; '.join(words for _, words in extras)})" if extras else ""
+    return Node("attention", "attention", label, " · ".join([heads] + [d for d, _ in extras]), phrase)
 
 
 def _ffn_node(config: GPTConfig) -> Node:
     """The feed-forward sublayer as bloomlib.blocks.FeedForward computes it."""
     d, f, act = config.d_model, config.d_ff, _ACTIVATION[config.ffn]
-    if config.ffn == "swiglu":
-        detail = f"down(SiLU(gate x) ⊙ up x): {d}→{f}→{d}"
-    else:
-        detail = f"Linear {d}→{f}, {act}, Linear {f}→{d}"
+    detail = (f"down(SiLU(gate x) ⊙ up x): {d}→{f}→{d}" if config.ffn == "swiglu"
+              else f"Linear {d}→{f}, {act}, Linear {f}→{d}")
     return Node("ffn", "ffn", f"{act} feed-forward (FFN)", detail, f"a {act} feed-forward network ({d} → {f} → {d})")
 
 
@@ -148,15 +139,12 @@ def describe_block(config: GPTConfig) -> tuple[list[Node], str]:
     nodes.append(Node("output", "io", "Output", "to the next block", f"the output is again {shape}"))
     kind = "pre-LN" if config.prenorm else "post-LN"
     extra = ", attention only" if config.ffn == "none" else ""
-    title = (f"One {kind} transformer block{extra}: d_model = {config.d_model}, {config.n_head} heads, "
-             f"{norm}{'' if config.ffn == 'none' else ', ' + _ACTIVATION[config.ffn]}")
-    return nodes, title
+    return nodes, (f"One {kind} transformer block{extra}: d_model = {config.d_model}, {config.n_head} heads, "
+                   f"{norm}{'' if config.ffn == 'none' else ', ' + _ACTIVATION[config.ffn]}")
 
 
 def _block_alt(nodes: list[Node], config: GPTConfig) -> str:
-    per = 3  # nodes per sublayer
-    groups = [nodes[1 + i:1 + i + per] for i in range(0, len(nodes) - 2, per)]
-    steps = [_join([n.phrase for n in g]) for g in groups]
+    steps = [_join([n.phrase for n in nodes[i:i + 3]]) for i in range(1, len(nodes) - 1, 3)]  # 3 nodes a sublayer
     kind = "pre-LN" if config.prenorm else "post-LN"
     where = ("each sublayer normalises its input and adds its output back to the stream" if config.prenorm
              else "each residual sum is normalised")
@@ -181,23 +169,19 @@ def describe_gpt(config: GPTConfig) -> tuple[list[Node], str]:
         raise ValueError("config: the decoder-only GPT figure needs a causal config (config.causal=True), as "
                          "bloomlib.GPT does; draw kind='block' or 'families' for a bidirectional encoder")
     d, v, shape = config.d_model, config.vocab_size, _shape(config)
-    pe = config.pos_encoding
+    pe, norm, table = config.pos_encoding, _norm_name(config), f"{config.block_size} × {d}"
     nodes = [Node("tokens", "io", "Token ids", f"vocabulary of {v}", "token ids (B, T)", "(B, T)")]
-    positions = None
-    if pe == "learned":
-        positions = Node("positions", "embedding", "Position embedding", f"learned, {config.block_size} × {d}",
-                         f"a learned position embedding ({config.block_size} × {d})")
-    elif pe == "sinusoidal":
-        positions = Node("positions", "embedding", "Sinusoidal positions", f"fixed, {config.block_size} × {d}",
-                         f"fixed sinusoidal positions ({config.block_size} × {d})")
+    positions = {"learned": Node("positions", "embedding", "Position embedding", f"learned, {table}",
+                                 f"a learned position embedding ({table})"),
+                 "sinusoidal": Node("positions", "embedding", "Sinusoidal positions", f"fixed, {table}",
+                                    f"fixed sinusoidal positions ({table})")}.get(pe)
     nodes.append(Node("embedding", "embedding", "Token embedding", f"{v} × {d} table",
                       f"the token embedding ({v} × {d}) gives a vector per token", shape))
     if positions is not None:
         nodes.append(Node("positions", "add", "+", phrase=f"{positions.phrase} is added", shape=shape,
                           side=positions))
     if config.embed_norm:
-        nodes.append(Node("embed_norm", "norm", _norm_name(config), "after the embeddings",
-                          f"a {_norm_name(config)}", shape))
+        nodes.append(Node("embed_norm", "norm", norm, "after the embeddings", f"a {norm}", shape))
     inside = None
     if pe in ("rope", "alibi"):
         inside = Node("positions", "note", "Positions inside attention",
@@ -208,15 +192,13 @@ def describe_gpt(config: GPTConfig) -> tuple[list[Node], str]:
     nodes.append(Node("blocks", "stack", f"{n} × transformer block", short,
                       f"{n} transformer block{'s' * (n > 1)}, {long}", shape, side=inside))
     if config.final_norm:
-        nodes.append(Node("final_norm", "norm", f"Final {_norm_name(config)}", phrase=f"a final {_norm_name(config)}",
-                          shape=shape))
+        nodes.append(Node("final_norm", "norm", f"Final {norm}", phrase=f"a final {norm}", shape=shape))
     tied = ", tied to the token embedding" if config.tie_weights else ""
     nodes.append(Node("lm_head", "head", "LM head", f"Linear {d} → {v}{tied}",
                       f"the LM head (Linear {d} → {v}{tied}) giving logits (B, T, {v})", f"(B, T, {v}) logits"))
     nodes.append(Node("probabilities", "io", "Next-token probabilities", f"softmax over {v} tokens",
                       f"a softmax giving next-token probabilities (B, T, {v})"))
-    title = f"A decoder-only GPT: {n} blocks, d_model = {d}, vocabulary {v}"
-    return nodes, title
+    return nodes, f"A decoder-only GPT: {n} blocks, d_model = {d}, vocabulary {v}"
 
 
 def _gpt_alt(nodes: list[Node], config: GPTConfig) -> str:
@@ -251,9 +233,8 @@ def describe_families(config: GPTConfig | None = None) -> tuple[list[Family], st
     full = visible(q, k)
     causal = visible(q, q, causal=True, window=window)
     dec_self, cross = visible(tgt, tgt, causal=True, window=window), visible(tgt, k)
-    note = ""
-    if config is not None:
-        note = f"this config: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads"
+    note = "" if config is None else (f"this config: {config.n_layer} layers, d_model {config.d_model}, "
+                                      f"{config.n_head} heads")
     win = f", window {window}" if window is not None else ""
 
     def io(part: str, label: str, detail: str = "") -> Node:
@@ -340,23 +321,19 @@ class _Canvas:
             self.ax.add_patch(Circle((x, y), ADD_RADIUS, facecolor=c["add"], edgecolor=edge, linewidth=lw, zorder=3))
             self.ax.text(x, y, "+", ha="center", va="center", fontsize=13, fontweight="bold", zorder=4)
             return
-        h = self.box_h
+        h, style = self.box_h, "round,pad=0,rounding_size=0.08"
         if node.role == "stack":  # two shadows behind: many blocks
             for off in (0.12, 0.06):
-                self.ax.add_patch(FancyBboxPatch((x - w / 2 + off, y - h / 2 + off), w, h, zorder=0.5,
-                                                 boxstyle="round,pad=0,rounding_size=0.08", facecolor=c[node.role],
-                                                 edgecolor=c["edge"], linewidth=0.8))
-        style = "round,pad=0,rounding_size=0.08"
+                self.ax.add_patch(FancyBboxPatch((x - w / 2 + off, y - h / 2 + off), w, h, zorder=0.5, boxstyle=style,
+                                                 facecolor=c[node.role], edgecolor=c["edge"], linewidth=0.8))
         self.ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=style, facecolor=c[node.role],
                                          edgecolor=edge, linewidth=lw, zorder=2,
                                          linestyle="--" if node.role == "note" else "-"))
-        weight = "bold" if lit else "normal"
+        self.ax.text(x, y + 0.11 if node.detail else y, node.label, ha="center", va="center", fontsize=size,
+                     fontweight="bold" if lit else "normal", zorder=4)
         if node.detail:
-            self.ax.text(x, y + 0.11, node.label, ha="center", va="center", fontsize=size, fontweight=weight, zorder=4)
             self.ax.text(x, y - 0.14, node.detail, ha="center", va="center", fontsize=max(MIN_FONT, size - 1.5),
                          zorder=4)
-        else:
-            self.ax.text(x, y, node.label, ha="center", va="center", fontsize=size, fontweight=weight, zorder=4)
 
     def title(self, text: str) -> None:
         """The title at the top centre: "Heading: details" is drawn as a bold heading over a details line."""
@@ -374,17 +351,16 @@ class _Canvas:
 
         kw = dict(arrowstyle="-|>", mutation_scale=12, color=self.colours["edge"], linewidth=1.2, zorder=1,
                   shrinkA=0, shrinkB=0)
-        patch = FancyArrowPatch(path=path, **kw) if path is not None else FancyArrowPatch(xy0, xy1, **kw)
-        self.ax.add_patch(patch)
+        self.ax.add_patch(FancyArrowPatch(path=path, **kw) if path is not None else FancyArrowPatch(xy0, xy1, **kw))
         if label:
             (x0, y0), (x1, y1) = xy0, xy1
             self.ax.text((x0 + x1) / 2 + 0.08, (y0 + y1) / 2, label, ha="left", va="center",
                          fontsize=8.5, style="italic", color=self.colours["shape"], zorder=4)
 
     def chain(self, nodes: Sequence[Node | None], x: float, top: float, w: float, step: float, *,
-              shapes: bool = True, size: float = 10.0, side_dx: float = 0.0, side_w: float = 2.6) -> list[float]:
+              shapes: bool = True, size: float = 10.0, side_dx: float = 0.0, side_w: float = 2.6) -> None:
         """Draw nodes top to bottom at x (None leaves a gap); arrows between neighbours, residual branches on
-        the left, side nodes at x + side_dx. Returns the nodes' y centres."""
+        the left, side nodes at x + side_dx."""
         from matplotlib.path import Path as MplPath
 
         ys = [top - i * step for i in range(len(nodes))]
@@ -411,7 +387,6 @@ class _Canvas:
                 self.box(node.side, x + side_dx, ys[i], side_w, size=size - 0.5)
                 reach = ADD_RADIUS if node.role == "add" else w / 2
                 self.arrow((x + side_dx - side_w / 2, ys[i]), (x + reach, ys[i]))
-        return ys
 
     def grid(self, mask: torch.Tensor, x0: float, y_top: float, cell: float, caption: str, name: str) -> None:
         """The mask as cells, row i = query i from the top, column j = key j; each cell's gid is name[i,j]."""
@@ -421,9 +396,8 @@ class _Canvas:
         n_q, n_k = mask.shape
         for i in range(n_q):
             for j in range(n_k):
-                ok = bool(mask[i, j])
                 r = Rectangle((x0 + j * cell, y_top - (i + 1) * cell), cell, cell, zorder=2, linewidth=0.6,
-                              facecolor=c["visible"] if ok else c["masked"], edgecolor="white")
+                              facecolor=c["visible"] if mask[i, j] else c["masked"], edgecolor="white")
                 r.set_gid(f"{name}[{i},{j}]")
                 self.ax.add_patch(r)
         if lit:
@@ -448,21 +422,13 @@ def _new_canvas(width: float, height: float, highlight: frozenset[str]) -> tuple
     return fig, _Canvas(ax, _colours(), highlight)
 
 
-def _draw_block(nodes: list[Node], title: str, highlight: frozenset[str]):
-    step = 0.95
-    height = 1.15 + step * (len(nodes) - 1) + 0.7
-    fig, cv = _new_canvas(6.8, height, highlight)
-    cv.title(title)
-    cv.chain(nodes, 3.3, height - 1.15, 4.0, step)
-    return fig
-
-
-def _draw_gpt(nodes: list[Node], title: str, highlight: frozenset[str]):
-    step, width = 1.0, 8.6
+def _draw_chain(nodes: list[Node], title: str, highlight: frozenset[str], *, width: float, step: float, x: float,
+                box_w: float, **side: float):
+    """The block and GPT figures: one chain of nodes at x, side nodes (side_dx, side_w) to its right."""
     height = 1.15 + step * (len(nodes) - 1) + 0.7
     fig, cv = _new_canvas(width, height, highlight)
     cv.title(title)
-    cv.chain(nodes, 2.75, height - 1.15, 4.5, step, side_dx=4.15, side_w=2.9)
+    cv.chain(nodes, x, height - 1.15, box_w, step, **side)
     return fig
 
 
@@ -560,10 +526,9 @@ class AccessibleFigure:
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> tuple[dict, dict]:
         png = self.png()
-        data = {"text/html": self.html(png), "image/png": base64.b64encode(png).decode("ascii"),
-                "text/plain": f"[figure] {self.alt_text}"}
-        metadata = {"image/png": {"alt": self.alt_text, "width": self.width_px(png)}}
-        return data, metadata
+        return ({"text/html": self.html(png), "image/png": base64.b64encode(png).decode("ascii"),
+                 "text/plain": f"[figure] {self.alt_text}"},
+                {"image/png": {"alt": self.alt_text, "width": self.width_px(png)}})
 
 
 def close_in_pyplot(figure) -> None:
@@ -606,18 +571,17 @@ def architecture_figure(kind: str = "block", *, config: GPTConfig | None = None,
     if config is not None and not isinstance(config, GPTConfig):
         raise ValueError(f"config must be a bloomlib GPTConfig or None, got {type(config).__name__}")
     if kind == "block":
-        nodes, title = describe_block(config)
-        description, alt = nodes, _block_alt(nodes, config)
+        description, title = describe_block(config)
+        alt, draw = _block_alt(description, config), partial(_draw_chain, width=6.8, step=0.95, x=3.3, box_w=4.0)
     elif kind == "gpt":
-        nodes, title = describe_gpt(config)
-        description, alt = nodes, _gpt_alt(nodes, config)
+        description, title = describe_gpt(config)
+        alt = _gpt_alt(description, config)
+        draw = partial(_draw_chain, width=8.6, step=1.0, x=2.75, box_w=4.5, side_dx=4.15, side_w=2.9)
     else:
         description, title = describe_families(config)
-        alt = _families_alt(description)
+        alt, draw = _families_alt(description), _draw_families
     parts = _parts_of(kind, description)
     lit = _check_highlight(highlight, parts, kind)
-    draw = {"block": _draw_block, "gpt": _draw_gpt, "families": _draw_families}[kind]
-    figure = draw(description, title, lit)
     if lit:
         alt += f" Highlighted: {_join(sorted(lit))}."
-    return AccessibleFigure(figure, alt, title, parts, description)
+    return AccessibleFigure(draw(description, title, lit), alt, title, parts, description)

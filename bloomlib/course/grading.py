@@ -251,8 +251,7 @@ def score(executed: NotebookNode, source: NotebookNode, name: str) -> dict:
                 points, max_points, fb = 0.0, m["points"], fb or "the test cell's result is not a valid grade"
             if _is_manual(m, cell):
                 blank = cell.source.strip() in ("", _answer_stub())
-                points = 0.0
-                fb = "not answered yet" if blank else "graded by hand: your instructor marks this answer"
+                points, fb = 0.0, ("not answered yet" if blank else "graded by hand: your instructor marks this answer")
             elif points is None:
                 points, fb = 0.0, "graded by hand"
         questions.append({"id": m["grade_id"], "score": float(points), "max_score": float(max_points),

@@ -109,11 +109,10 @@ class Prediction(_Displayable):
         if self.predicted is not None:
             raise ValueError(f"this prediction is already locked in: {self._show(self.predicted)} "
                              "(a prediction is committed once)")
-        if self.choices is not None:
-            if value not in self.choices:
-                raise ValueError(f"{value!r} is not one of the choices {self.choices}")
-        else:
+        if self.choices is None:
             value = _finite(value, "the predicted value")
+        elif value not in self.choices:
+            raise ValueError(f"{value!r} is not one of the choices {self.choices}")
         self.predicted = value
         self._lock()
         self._status.value = html.escape(f"Locked in: {self._show(value)}.")
@@ -128,13 +127,12 @@ class Prediction(_Displayable):
         """Show the right choice or the measured value next to the prediction: in the widget's result area, and
         printed as one line (then `explanation` on its own line, when given). Locks the input. `fmt` formats
         the measured value and the difference (numbers only)."""
-        if self.choices is not None:
-            if actual not in self.choices:
-                raise ValueError(f"actual must be one of the choices {self.choices}, got {actual!r}")
-        else:
+        if self.choices is None:
             actual = _finite(actual, "actual")
             if self.relative and actual == 0:
                 raise ValueError("actual must be nonzero with relative=True (a relative error of 0 is undefined)")
+        elif actual not in self.choices:
+            raise ValueError(f"actual must be one of the choices {self.choices}, got {actual!r}")
         self.correct, line = self._judge(actual, fmt)
         self.actual, self.revealed = actual, True
         self._lock()
@@ -145,10 +143,7 @@ class Prediction(_Displayable):
 
     def _judge(self, actual: str | float, fmt: str) -> tuple[bool | None, str]:
         """(whether the prediction was right, None when nothing was committed; the result line)."""
-        if self.choices is not None:
-            head = f"Answer: {actual}."
-        else:
-            head = f"Measured: {fmt.format(actual)}{self._unit}."
+        head = f"Answer: {actual}." if self.choices is not None else f"Measured: {fmt.format(actual)}{self._unit}."
         if self.predicted is None:
             return None, f"{head} {NOT_COMMITTED}"
         if self.choices is not None:

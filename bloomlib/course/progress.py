@@ -120,9 +120,8 @@ def _summary(rows: list[LessonProgress]) -> str:
     lines = [f"{'level':<11} {'exercise':<22} {'score':>9}  objectives not met yet (sections to revisit)"]
     for r in sorted(rows, key=lambda r: (BLOOM_LEVELS.index(r.level) if r.level in BLOOM_LEVELS else 99,
                                          r.notebook)):
-        score = _score(r)
         todo = "none: every objective met" if r.status == "graded" and not r.not_met else ""
-        lines.append(f"{r.level:<11} {r.notebook:<22} {score:>9}  {todo}".rstrip())
+        lines.append(f"{r.level:<11} {r.notebook:<22} {_score(r):>9}  {todo}".rstrip())
         if r.status == "broken":
             lines.append(f"{'':<45}could not be graded: {r.message}")
         for o in (r.not_met if r.status == "graded" else []):
