@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bloomlib.analysis._lm import check_int
 from bloomlib.config import GPTConfig
 from bloomlib.serving.bench import decode_pass_ms, quantization_table, time_plain, time_speculative
 from bloomlib.serving.speculative import SpeculativeDecoder
@@ -100,8 +101,7 @@ def choose_variant(task: str) -> Choice:
 
 
 def _choice(variant: str) -> Choice:
-    examples, reason = _KINDS[variant]
-    return Choice(variant, examples, reason)
+    return Choice(variant, *_KINDS[variant])
 
 
 # --- speculative decoding against Leviathan et al. 2023 -----------------------------------------------------------
@@ -115,10 +115,10 @@ def expected_tokens_per_pass(alpha: float, gamma: int, max_tokens: int | None = 
     max_tokens / E[passes per request], the limit of total tokens / total passes over many requests."""
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha (the acceptance rate) must be a number in [0, 1], got {alpha!r}")
-    _check_int("gamma", gamma, 0)
+    check_int("gamma", gamma, 0)
     if max_tokens is None:
         return float(gamma + 1) if alpha == 1.0 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-    _check_int("max_tokens", max_tokens, 1)
+    check_int("max_tokens", max_tokens, 1)
     passes = [0.0] * (max_tokens + 1)  # passes[r]: expected passes to make r more tokens
     for r in range(1, max_tokens + 1):
         g = min(gamma, r)
@@ -149,9 +149,9 @@ def speculative_sweep(target, draft, prompts, gammas=(1, 2, 4, 6), *, max_tokens
     if not isinstance(gammas, (list, tuple)) or not gammas:
         raise ValueError(f"gammas must be a non-empty sequence of positive ints, got {gammas!r}")
     for i, g in enumerate(gammas):
-        _check_int(f"gammas[{i}]", g, 1)
-    _check_int("max_tokens", max_tokens, 1)
-    _check_int("seed", seed, 0)
+        check_int(f"gammas[{i}]", g, 1)
+    check_int("max_tokens", max_tokens, 1)
+    check_int("seed", seed, 0)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     probe = SpeculativeDecoder(target, draft, k=1)
@@ -228,7 +228,7 @@ class Workload:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"Workload.{name} must be a positive number, got {value!r}")
         for name in ("prompt_tokens", "output_tokens", "memory_bytes"):
-            _check_int(f"Workload.{name}", getattr(self, name), 1)
+            check_int(f"Workload.{name}", getattr(self, name), 1)
 
 
 @dataclass(frozen=True)
@@ -267,8 +267,3 @@ def plan(config: GPTConfig, workload: Workload, *, bits_per_weight: float = 16,
                 kv_tokens_in_flight=needed * tokens, memory_needed=memory_needed,
                 output_tokens_per_s=workload.requests_per_s * workload.output_tokens,
                 fits=memory_needed <= workload.memory_bytes)
-
-
-def _check_int(name: str, value, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")

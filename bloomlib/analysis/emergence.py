@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from bloomlib.analysis._lm import check_int
+from bloomlib.analysis._lm import check_int, evaluating
 from bloomlib.analysis.metrics import loss_by_position
 from bloomlib.training.data import IGNORE, TaskBatch, addition_task
 
@@ -42,13 +42,8 @@ def addition_accuracy(model: nn.Module, n_digits: int, *, n_samples: int = 1000,
         raise ValueError(f"model: {n_digits}-digit addition needs vocab_size >= 12 and block_size >= {need}, "
                          f"got {config.vocab_size} and {config.block_size}")
     batch = addition_task(n_samples, n_digits, reverse_answer, generator=torch.Generator().manual_seed(seed))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        out = model.generate(batch.prompts.to(device), n_digits + 1, temperature=0.0)
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        out = model.generate(batch.prompts.to(next(model.parameters()).device), n_digits + 1, temperature=0.0)
     right = (out[:, batch.prompt_len:].cpu() == batch.answers).double()  # (N, n + 1)
     return {"exact_match": right.prod(1).mean().item(), "per_digit": right.mean().item(),
             "per_position": right.mean(0).tolist(), "n_samples": n_samples}

@@ -30,10 +30,6 @@ UNIFORM_ABOVE = 0.9
 SHARP_BELOW = 0.3
 
 
-def _tolerance(dtype: torch.dtype) -> float:
-    return 1e-2 if torch.finfo(dtype).bits <= 16 else 1e-3
-
-
 def check_weights(weights: Tensor, name: str = "weights") -> Tensor:
     """weights (..., n_q, n_k) itself, or a ValueError unless every row is a probability distribution:
     a float tensor, entries finite and >= 0, each row summing to 1 (within 1e-3; 1e-2 for 16-bit dtypes) or
@@ -48,22 +44,12 @@ def check_weights(weights: Tensor, name: str = "weights") -> Tensor:
     if bool((weights < 0).any()):
         raise ValueError(f"{name} holds negative values ({float(weights.min()):.3g}): not a probability distribution")
     sums = weights.sum(-1, dtype=torch.float64)
-    bad = ((sums - 1).abs() > _tolerance(weights.dtype)) & (sums != 0)
+    bad = ((sums - 1).abs() > (1e-2 if torch.finfo(weights.dtype).bits <= 16 else 1e-3)) & (sums != 0)
     if bool(bad.any()):
         worst = float(sums[bad][(sums[bad] - 1).abs().argmax()])
         raise ValueError(f"{name}: {int(bad.sum())} rows do not sum to 1 (one sums to {worst:.6g}); rows must be "
                          "probability distributions over the keys (or all zero for a query that sees nothing)")
     return weights
-
-
-def _work(weights: Tensor) -> Tensor:
-    return weights.to(torch.promote_types(weights.dtype, torch.float32))
-
-
-def _row_entropy(weights: Tensor) -> Tensor:
-    """(..., n_q, n_k) -> (..., n_q) entropy in nats of each row; a zero weight adds exactly 0 (log 1 is taken)."""
-    w = _work(weights)
-    return -(w * torch.where(w > 0, w, torch.ones_like(w)).log()).sum(-1)
 
 
 def _visible(weights_or_mask: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -94,7 +80,10 @@ def head_entropy(weights: Tensor) -> Tensor:
     """weights (..., n_q, n_k) -> (...,): the mean over the n_q queries of each row's entropy in nats
     (0 * log 0 = 0: masked keys add nothing). float32, or float64 for float64 weights. ValueError unless the rows
     are probability distributions (see check_weights)."""
-    return _row_entropy(check_weights(weights)).mean(-1)
+    w = check_weights(weights)
+    w = w.to(torch.promote_types(w.dtype, torch.float32))
+    row_entropy = -(w * torch.where(w > 0, w, torch.ones_like(w)).log()).sum(-1)  # a zero weight takes log 1: adds 0
+    return row_entropy.mean(-1)
 
 
 def uniform_entropy(weights_or_mask: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -104,7 +93,7 @@ def uniform_entropy(weights_or_mask: Tensor, mask: Tensor | None = None) -> Tens
     if not isinstance(weights_or_mask, Tensor) or weights_or_mask.dim() < 2:
         got = tuple(weights_or_mask.shape) if isinstance(weights_or_mask, Tensor) else type(weights_or_mask).__name__
         raise ValueError(f"weights_or_mask must be a tensor of shape (..., n_queries, n_keys), got {got}")
-    dtype = torch.float32 if weights_or_mask.dtype == torch.bool else _work(weights_or_mask).dtype
+    dtype = torch.promote_types(weights_or_mask.dtype, torch.float32)  # float32 for a boolean mask
     n = _visible(weights_or_mask, mask).sum(-1).clamp(min=1)
     return n.to(dtype).log().mean(-1)
 

@@ -135,8 +135,7 @@ def _serve_all(engine: LLMEngine, prompts: list[list[int]], params: SamplingPara
                 out[o.request_id] = o.token_ids
         steps += 1
     seconds = time.perf_counter() - start
-    evicted = engine.bm.evictions - evicted
-    return [out.get(i) for i in ids], steps, evicted, seconds
+    return [out.get(i) for i in ids], steps, engine.bm.evictions - evicted, seconds
 
 
 def memory_pressure_sweep(model: nn.Module, num_blocks=(128, 48, 32, 24), *, n_requests: int = 16,

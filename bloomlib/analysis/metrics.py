@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import sys
@@ -62,12 +63,7 @@ def repeated_ngram_rate(sequences: IntSequences, n: int) -> float:
     """The fraction of n-grams that already occurred earlier in the same sequence, pooled over the
     sequences (0.0 = no repetition). ValueError without n-grams."""
     grams = _ngrams(sequences, n)
-    repeated = 0
-    for seq in grams:
-        seen: set[tuple[int, ...]] = set()
-        for g in seq:
-            repeated += g in seen
-            seen.add(g)
+    repeated = sum(len(seq) - len(set(seq)) for seq in grams)  # every occurrence of an n-gram but its first
     return repeated / sum(len(seq) for seq in grams)
 
 
@@ -90,8 +86,7 @@ def loss_by_position(model: nn.Module, ids: Tensor, length: int, *, batch_size: 
     chunks = ids[:n * length].view(n, length)
     total = 0
     with evaluating(model):
-        for b in range(0, n, batch_size):
-            x = chunks[b:b + batch_size]
+        for x in chunks.split(batch_size):
             total = total + token_nll(model(x[:, :-1]), x[:, 1:]).sum(0)
     return (total / n).float()
 
@@ -116,11 +111,9 @@ def sliding_window_loss(model: nn.Module, ids: Tensor, length: int, *, stride: i
     counted[0] = True
     total = 0.0
     with evaluating(model):
-        for b in range(0, len(windows), batch_size):
-            x = windows[b:b + batch_size]
-            total += float(token_nll(model(x[:, :-1]), x[:, 1:])[counted[b:b + batch_size]].sum())
-    count = int(counted.sum())
-    return total / count
+        for x, c in zip(windows.split(batch_size), counted.split(batch_size)):
+            total += float(token_nll(model(x[:, :-1]), x[:, 1:])[c].sum())
+    return total / int(counted.sum())
 
 
 def attention_sink_share(weights: Tensor) -> Tensor:
@@ -242,11 +235,8 @@ def _cpu_peak(fn: Callable[[], object]) -> int:
     cpu = (DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP)
     # The raw records, in the order they happened (prof.events() folds them into each op's net total).
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() in cpu]
-    running = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        running += e.nbytes()
-        peak = max(peak, running)
-    return peak
+    sizes = (e.nbytes() for e in sorted(events, key=lambda e: e.start_ns()))
+    return max(itertools.accumulate(sizes, initial=0))  # the peak of their running sum
 
 
 @contextlib.contextmanager

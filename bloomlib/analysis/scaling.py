@@ -59,15 +59,11 @@ def _positive(name: str, value: ArrayLike) -> np.ndarray:
     return arr
 
 
-def _scalar_or_array(arr: np.ndarray) -> float | np.ndarray:
-    return float(arr) if arr.ndim == 0 else arr
-
-
 def chinchilla_loss(N: ArrayLike, D: ArrayLike, E: float, A: float, B: float, alpha: float,
                     beta: float) -> float | np.ndarray:
     """E + A / N^alpha + B / D^beta in float64; scalars give a float, arrays (broadcast) an array."""
-    N, D = _positive("N", N), _positive("D", D)
-    return _scalar_or_array(E + A / N ** alpha + B / D ** beta)
+    loss = E + A / _positive("N", N) ** alpha + B / _positive("D", D) ** beta
+    return float(loss) if loss.ndim == 0 else loss
 
 
 def compute_optimal(C: float, E: float, A: float, B: float, alpha: float, beta: float) -> tuple[float, float]:
@@ -132,14 +128,9 @@ def _objective(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.n
     return huber, grad
 
 
-def _grid() -> np.ndarray:
-    """Hoffmann's grid as (n, 5) rows of (a, b, e, alpha, beta)."""
-    return np.array(list(itertools.product(GRID["a"], GRID["b"], GRID["e"], GRID["alpha"], GRID["beta"])))
-
-
 def _best_of_grid(logN, logD, logL, delta: float, k: int) -> np.ndarray:
-    """The k grid points of lowest objective, best first: (k, 5)."""
-    grid = _grid()
+    """The k points of Hoffmann's grid (rows of (a, b, e, alpha, beta)) of lowest objective, best first: (k, 5)."""
+    grid = np.array(list(itertools.product(GRID["a"], GRID["b"], GRID["e"], GRID["alpha"], GRID["beta"])))
     return grid[np.argsort(_objective(grid, logN, logD, logL, delta)[0], kind="stable")[:k]]
 
 
@@ -167,16 +158,12 @@ def _lbfgs(theta0: np.ndarray, logN, logD, logL, delta: float) -> tuple[np.ndarr
     return final, float(_objective(final, logN, logD, logL, delta)[0])
 
 
-def _as_fit(theta: np.ndarray) -> ChinchillaFit:
-    a, b, e, alpha, beta = map(float, theta)
-    return ChinchillaFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
-
-
 def _fit_logs(logN, logD, logL, delta: float, starts: np.ndarray | None) -> ChinchillaFit:
     if starts is None:
         starts = _best_of_grid(logN, logD, logL, delta, N_STARTS)
     best = min((_lbfgs(s, logN, logD, logL, delta) for s in starts), key=lambda run: run[1])
-    return _as_fit(best[0])
+    a, b, e, alpha, beta = map(float, best[0])
+    return ChinchillaFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
 
 
 def _check_starts(starts) -> np.ndarray | None:
@@ -228,9 +215,8 @@ def bootstrap_fits(N: ArrayLike, D: ArrayLike, L: ArrayLike, *, n_boot: int = 20
     fits = []
     while len(fits) < n_boot:
         idx = rng.integers(0, n, n)
-        if len(np.unique(idx)) < 5:
-            continue
-        fits.append(_fit_logs(logN[idx], logD[idx], logL[idx], delta, starts))
+        if len(np.unique(idx)) >= 5:
+            fits.append(_fit_logs(logN[idx], logD[idx], logL[idx], delta, starts))
     return fits
 
 

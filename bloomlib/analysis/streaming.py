@@ -121,8 +121,7 @@ class RollingKVCache:
                 raise ValueError(f"RollingKVCache holds a batch of {old_k.shape[0]}, got keys {tuple(k.shape)}")
             if evict:
                 s = self.n_sink
-                old_k = torch.cat([old_k[:, :, :s], old_k[:, :, s + evict:]], dim=2)
-                old_v = torch.cat([old_v[:, :, :s], old_v[:, :, s + evict:]], dim=2)
+                old_k, old_v = (torch.cat([t[:, :, :s], t[:, :, s + evict:]], dim=2) for t in (old_k, old_v))
             k, v = torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)
         self._k[layer], self._v[layer] = k, v
         return k, v

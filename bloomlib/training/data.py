@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -53,9 +54,8 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: t
     if len(data) < block_size + 1:
         raise ValueError(f"data has {len(data)} ids, fewer than block_size + 1 = {block_size + 1}")
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    offsets = torch.arange(block_size)
-    x = data[starts[:, None] + offsets]
-    y = data[starts[:, None] + offsets + 1]
+    rows = starts[:, None] + torch.arange(block_size)
+    x, y = data[rows], data[rows + 1]
     if device is not None:
         x, y = x.to(device), y.to(device)
     return x, y
@@ -64,10 +64,8 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: t
 def batches(data: torch.Tensor, batch_size: int, block_size: int, n_batches: int | None = None,
             generator: torch.Generator | None = None, device=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`n_batches` calls of `get_batch` (forever if None)."""
-    i = 0
-    while n_batches is None or i < n_batches:
+    for _ in itertools.count() if n_batches is None else range(n_batches):
         yield get_batch(data, batch_size, block_size, generator, device)
-        i += 1
 
 
 @dataclass
@@ -123,27 +121,26 @@ def _check(n_samples: int, **positive: int) -> None:
 def _symbols(n_samples, seq_len, n_symbols, generator):
     _check(n_samples, seq_len=seq_len, n_symbols=n_symbols)
     x = torch.randint(n_symbols, (n_samples, seq_len), generator=generator)
-    sep = torch.full((n_samples, 1), n_symbols)
-    return x, sep
+    return x, torch.cat([x, torch.full((n_samples, 1), n_symbols)], 1)  # (x, the prompt: x then SEP)
 
 
 def copy_task(n_samples: int, seq_len: int = 8, n_symbols: int = 10, generator=None) -> TaskBatch:
     """x_1..x_L SEP x_1..x_L. Symbols are ids 0..n_symbols-1, SEP = n_symbols; vocab n_symbols+1.
     An induction-style task: answer position i attends to prompt position i."""
-    x, sep = _symbols(n_samples, seq_len, n_symbols, generator)
-    return _task("copy", torch.cat([x, sep], 1), x, n_symbols + 1)
+    x, prompt = _symbols(n_samples, seq_len, n_symbols, generator)
+    return _task("copy", prompt, x, n_symbols + 1)
 
 
 def reverse_task(n_samples: int, seq_len: int = 8, n_symbols: int = 10, generator=None) -> TaskBatch:
     """x_1..x_L SEP x_L..x_1 (same vocabulary as copy). Answer position i attends to prompt position L-1-i."""
-    x, sep = _symbols(n_samples, seq_len, n_symbols, generator)
-    return _task("reverse", torch.cat([x, sep], 1), x.flip(1), n_symbols + 1)
+    x, prompt = _symbols(n_samples, seq_len, n_symbols, generator)
+    return _task("reverse", prompt, x.flip(1), n_symbols + 1)
 
 
 def sort_task(n_samples: int, seq_len: int = 8, n_symbols: int = 10, generator=None) -> TaskBatch:
     """x_1..x_L SEP sorted(x) ascending (same vocabulary as copy)."""
-    x, sep = _symbols(n_samples, seq_len, n_symbols, generator)
-    return _task("sort", torch.cat([x, sep], 1), x.sort(dim=1).values, n_symbols + 1)
+    x, prompt = _symbols(n_samples, seq_len, n_symbols, generator)
+    return _task("sort", prompt, x.sort(dim=1).values, n_symbols + 1)
 
 
 ADDITION_CHARS = "0123456789+="  # id -> character for addition_task: digits 0-9, PLUS = 10, EQUALS = 11

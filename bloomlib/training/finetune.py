@@ -38,9 +38,7 @@ class SentenceClassifier(nn.Module):
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """hidden (B, T, d_model), mask (B, T) -> (B, d_model)."""
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        return masked_mean(hidden, mask)
+        return hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, mask)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if ids.dim() != 2 or mask.shape != ids.shape:

@@ -182,16 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     defaults = TrainConfig()
-    for name in ("steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay",
-                 "grad_clip", "eval_interval", "eval_batches", "seed"):
+    names = ("steps", "batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
+             "eval_interval", "eval_batches", "seed")
+    for name in names:
         value = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=type(value) if value is not None else int, default=value)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "lr", "min_lr",
-                                                       "warmup_steps", "weight_decay", "grad_clip",
-                                                       "eval_interval", "eval_batches", "seed", "compile")})
+    cfg = TrainConfig(**{k: getattr(args, k) for k in names + ("compile",)})
     from bloomlib.checkpoint import load_checkpoint, save_checkpoint
     from bloomlib.training.distributed import init_distributed
     from bloomlib.model import GPT

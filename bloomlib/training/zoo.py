@@ -253,8 +253,7 @@ def build(spec: ZooModel, out: str | Path, command: str, progress: bool = False,
         tok, train_data, val_data = None, spec.task, spec.task
         data = {"task": spec.task.name, "options": spec.task.options, "vary": spec.task.vary,
                 "vary_range": list(spec.task.vary_range or ())}
-    model = init_model(spec)
-    model.to(device)
+    model = init_model(spec).to(device)
     wanted = {snap.stop_at: snap for snap, _ in snapshots}
     taken: dict[int, tuple[GPT, float]] = {}  # step -> (a copy of the model, seconds of training so far)
 
@@ -313,11 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     runs: list[list[ZooModel]] = []  # the snapshots of one run are trained once, by its last one
     for spec in specs:
-        run = next((r for r in runs if r[0].same_run(spec)), None)
-        if run is None:
-            runs.append([spec])
-        else:
-            run.append(spec)
+        run = next((r for r in runs if r[0].same_run(spec)), [])
+        if not run:
+            runs.append(run)
+        run.append(spec)
     for run in runs:
         run.sort(key=lambda s: s.stop_at or s.train.steps)
         *earlier, last = run
