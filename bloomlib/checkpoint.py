@@ -35,17 +35,11 @@ class Checkpoint:
     architecture: str = "GPT"
 
 
-def _resolve(name: str) -> type:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
-
-
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, tokenizer: Tokenizer | None = None,
                     meta: dict | None = None) -> Path:
     """Write `model` (which must carry `model.config`, a GPTConfig) and optionally its tokenizer to `folder`."""
     name = type(model).__name__
-    if name not in ARCHITECTURES or _resolve(name) is not type(model):
+    if ARCHITECTURES.get(name) is not type(model):
         raise ValueError(f"cannot save a {name}: register its class in bloomlib.checkpoint.ARCHITECTURES")
     config = getattr(model, "config", None)
     if not isinstance(config, GPTConfig):
@@ -93,7 +87,9 @@ def load_checkpoint(folder: str | Path, device: torch.device | str | None = None
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"{folder / CONFIG}: unknown dtype {header.get('dtype')!r}")
     name = header["architecture"]
-    model = _resolve(name)(config).to(dtype)
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    model = ARCHITECTURES[name](config).to(dtype)
     try:
         load_model(model, str(folder / WEIGHTS), strict=True)
     except (RuntimeError, SafetensorError) as e:

@@ -96,8 +96,7 @@ class GPTConfig:
     def from_dict(cls, d: dict) -> "GPTConfig":
         # Older checkpoints saved the attention backend, a runtime choice (see GPT.set_attention_backend): ignore it.
         d = {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"GPTConfig: unknown field(s) {sorted(unknown)}")
         return cls(**d)

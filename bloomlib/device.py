@@ -55,7 +55,6 @@ def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
 
     CPU autocast is left off on purpose: lessons compare against float32 references.
     """
-    device = torch.device(device)
     if default_dtype(device) == torch.bfloat16:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bloomlib.attention import KVCache
 from bloomlib.blocks import make_norm
 from bloomlib.config import GPTConfig
 from bloomlib.model import Transformer, _init_weights
@@ -123,8 +124,6 @@ class EncoderDecoder(nn.Module):
             raise ValueError(f"max_new_tokens must be in [0, block_size={self.config.block_size}), got {max_new_tokens}")
         memory = self.encode(src, src_mask)
         tgt = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
-        from bloomlib.attention import KVCache
-
         cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
         done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
         for _ in range(max_new_tokens):

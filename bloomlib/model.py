@@ -59,8 +59,7 @@ class Transformer(nn.Module):
     def check_token_ids(self, idx: torch.Tensor) -> None:
         """Raise ValueError unless every id in idx is in [0, vocab_size)."""
         if idx.numel():
-            lo, hi = torch.aminmax(idx)
-            lo, hi = int(lo), int(hi)
+            lo, hi = map(int, torch.aminmax(idx))
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got [{lo}, {hi}]")
 
@@ -206,8 +205,7 @@ def _init_weights(module: nn.Module) -> None:
 
 def count_parameters(model: nn.Module, non_embedding: bool = False) -> int:
     """Number of distinct parameters (tied weights once); non_embedding leaves out token/position embeddings."""
-    params = {id(p): p for p in model.parameters()}
-    total = sum(p.numel() for p in params.values())
+    total = sum(p.numel() for p in model.parameters())  # parameters() lists a shared (tied) tensor once
     if non_embedding:
         for name, mod in model.named_modules():
             if name.endswith(("tok_emb", "pos_emb", "type_emb")):

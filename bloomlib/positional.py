@@ -20,12 +20,9 @@ def sinusoidal_encoding(seq_len: int, d_model: int, base: float = 10000.0) -> to
     """(seq_len, d_model): PE[p, 2i] = sin(p / base^(2i/d)), PE[p, 2i+1] = cos(p / base^(2i/d))."""
     if d_model % 2:
         raise ValueError(f"sinusoidal encoding needs an even d_model, got {d_model}")
-    position = torch.arange(seq_len, dtype=torch.float64)[:, None]
     freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
-    pe = torch.zeros(seq_len, d_model, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(position * freq)
-    pe[:, 1::2] = torch.cos(position * freq)
-    return pe.float()
+    angles = torch.arange(seq_len, dtype=torch.float64)[:, None] * freq  # (seq_len, d_model/2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).reshape(seq_len, d_model).float()  # sin, cos interleaved
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -71,9 +68,7 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
 
     if n_head <= 0:
         raise ValueError(f"n_head must be positive, got {n_head}")
-    if math.log2(n_head).is_integer():
-        return torch.tensor(power_of_two(n_head))
-    closest = 2 ** math.floor(math.log2(n_head))
+    closest = 2 ** math.floor(math.log2(n_head))  # n_head itself for a power of two: no extra slopes
     return torch.tensor(power_of_two(closest) + power_of_two(2 * closest)[0::2][: n_head - closest])
 
 

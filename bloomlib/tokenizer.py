@@ -44,7 +44,7 @@ def _show(b: bytes) -> str:
     except UnicodeDecodeError:
         return "".join(f"<0x{x:02X}>" for x in b)
     s = s.replace(" ", "␣")
-    return "".join(c if c.isprintable() or c == "␣" else repr(c)[1:-1] for c in s)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 
 class Tokenizer:
@@ -182,8 +182,7 @@ class ByteBPETokenizer(Tokenizer):
         """
         if not isinstance(vocab_size, int) or vocab_size < 257:
             raise ValueError(f"vocab_size must be an int >= 257 (256 bytes + <eos>), got {vocab_size!r}")
-        split = re.compile(SPLIT_PATTERN)
-        words = Counter(split.findall(text))
+        words = Counter(re.findall(SPLIT_PATTERN, text))
         seqs = [list(w.encode("utf-8")) for w in words]
         freqs = list(words.values())
         counts: Counter = Counter()
@@ -202,7 +201,6 @@ class ByteBPETokenizer(Tokenizer):
                 raise ValueError(f"the training text has too few distinct byte pairs for vocab_size={vocab_size} "
                                  f"(stopped after {r} merges)")
             best = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
-            new_id = 256 + r
             merges.append(best)
             for w in where.pop(best):
                 seq, f = seqs[w], freqs[w]
@@ -210,7 +208,7 @@ class ByteBPETokenizer(Tokenizer):
                     counts[p] -= f
                     if counts[p] == 0:
                         del counts[p]
-                seq = seqs[w] = _merge(seq, best, new_id)
+                seq = seqs[w] = _merge(seq, best, 256 + r)
                 for p in zip(seq, seq[1:]):
                     counts[p] += f
                     where[p].add(w)

@@ -68,11 +68,8 @@ def _gpt2_layout(model: GPT) -> list[tuple[torch.Tensor, str, bool]]:
 
 def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """bloomlib GPT weights under GPT2LMHeadModel's names (float32, on the CPU)."""
-    sd = {}
-    for ours, name, transposed in _gpt2_layout(model):
-        w = ours.detach()
-        sd[name] = (w.T if transposed else w).float().cpu().contiguous()
-    return sd
+    return {name: (w.T if transposed else w).detach().float().cpu().contiguous()
+            for w, name, transposed in _gpt2_layout(model)}
 
 
 def bytes_to_unicode() -> dict[int, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -29,8 +30,7 @@ class MissingExtraError(ImportError):
 
 
 def _offline() -> None:
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ[var] = "1"
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 
 def minilm_folder() -> Path:
@@ -190,8 +190,6 @@ def word_token_index(text: str, spans: list[tuple[int, int]], word: str, nth: in
     """The index of the token that holds the first character of the `nth` (0-based) occurrence of the whole
     word `word` in `text` (case-insensitive; "the" does not match inside "there"). spans: token_spans' (start,
     end) characters. ValueError when the word occurs fewer than nth + 1 times or no token covers it."""
-    import re
-
     if not isinstance(word, str) or not word.strip():
         raise ValueError(f"word must be a non-empty str, got {word!r}")
     starts = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE)]

@@ -26,6 +26,7 @@ gradients.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -55,7 +56,6 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 NATIVE_ON_CPU = ("the Triton kernels run natively in this process (triton was imported without TRITON_INTERPRET=1), "
                  "so they take CUDA tensors only; set TRITON_INTERPRET=1 before importing triton or bloomlib.kernels "
                  "to run them on CPU tensors through Triton's interpreter")
-_warned: set[str] = set()
 
 
 def triton_status() -> str:
@@ -69,10 +69,9 @@ def triton_status() -> str:
     return f"{triton.__version__} native but no CUDA GPU: {NATIVE_ON_CPU}"
 
 
+@functools.cache  # each message once per process
 def _warn_once(message: str) -> None:
-    if message not in _warned:
-        warnings.warn(message, stacklevel=4)
-        _warned.add(message)
+    warnings.warn(message, stacklevel=4)
 
 
 def triton_unsupported(q: Tensor) -> str | None:
