@@ -64,8 +64,12 @@ def graded_cells(source: NotebookLike) -> list[tuple[str | None, Any]]:
     """(grade_id, the cell's metadata bloomlib.objectives as written, None when absent) for every graded cell
     (nbgrader ``grade: true``) of an nbgrader source notebook, in order."""
     nb, _ = _load(source, "the source notebook")
-    return [(nbgrader.get("grade_id"), _bloomlib(cell).get("objectives")) for cell in nb["cells"]
-            if (nbgrader := cell.get("metadata", {}).get("nbgrader", {})).get("grade")]
+    out = []
+    for cell in nb["cells"]:
+        nbgrader = cell.get("metadata", {}).get("nbgrader", {})
+        if nbgrader.get("grade"):
+            out.append((nbgrader.get("grade_id"), _bloomlib(cell).get("objectives")))
+    return out
 
 
 def coverage(lesson: NotebookLike, source: NotebookLike) -> dict[str, list[str]]:

@@ -312,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     runs: list[list[ZooModel]] = []  # the snapshots of one run are trained once, by its last one
     for spec in specs:
-        run = next((r for r in runs if r[0].same_run(spec)), [])
-        if not run:
-            runs.append(run)
-        run.append(spec)
+        run = next((r for r in runs if r[0].same_run(spec)), None)
+        if run is None:
+            runs.append([spec])
+        else:
+            run.append(spec)
     for run in runs:
         run.sort(key=lambda s: s.stop_at or s.train.steps)
         *earlier, last = run
